@@ -1,0 +1,58 @@
+"""Durations as operators write them: ``250ms``, ``2s``, ``1m``, ``1h`` or a number of seconds.
+
+One parser serves the environment, policy documents and the CLI, so that a value accepted in one
+place is accepted everywhere, and a refusal reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+__all__ = ["format_duration", "parse_duration"]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+
+EXPECTED = 'a duration ("250ms", "2s", "1m" or a number of seconds)'
+
+
+def parse_duration(value: object) -> float:
+    """Return ``value`` in seconds; raise ``ValueError`` naming what was expected.
+
+    Negative, infinite and NaN durations are refused: none of them means anything for a timeout.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected {EXPECTED}, got {_show(value)}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _PATTERN.match(value)
+        if match is None:
+            raise ValueError(f"expected {EXPECTED}, got {_show(value)}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"expected {EXPECTED}, got {_show(value)}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected {EXPECTED}, got {_show(value)}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of ``seconds`` (``0.25`` -> ``"250ms"``), for config dumps."""
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds >= 1 and float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    millis = seconds * 1000
+    if abs(millis - round(millis)) < 1e-9:
+        return f"{round(millis)}ms"
+    return f"{seconds}s"
+
+
+def _show(value: object) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)

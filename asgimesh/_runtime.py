@@ -1,0 +1,108 @@
+"""One mesh runtime per process: settings, policy, metrics and identity, shared by both halves.
+
+``MeshMiddleware`` and the transports call :func:`get_runtime` when they are built, so the first
+of them creates the runtime and the rest share it: the policy is loaded once, metrics add up in
+one registry, and a policy change reaches inbound and outbound paths together. Tests and hosts
+that want several isolated runtimes build :class:`MeshRuntime` themselves and pass it in.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import structlog
+
+from ._errors import PolicyError
+from .policy import PolicySnapshot, PolicyStore
+from .policy._file_source import FilePolicySource
+from .settings import MeshSettings
+from .telemetry import MeshMetrics
+
+__all__ = ["MeshRuntime", "get_runtime", "set_runtime"]
+
+log = structlog.get_logger("asgimesh")
+
+
+class PolicySource(Protocol):
+    """Where the top policy layer comes from (``MESH_CONFIG``): a file, a control plane, etcd."""
+
+    name: str
+
+    def load(self) -> None:
+        """First load, before serving. May raise :class:`PolicyError`."""
+
+    def start(self) -> None:
+        """Begin following changes in the background."""
+
+    def close(self) -> None:
+        """Stop following changes."""
+
+
+class MeshRuntime:
+    """Everything the mesh keeps per process."""
+
+    def __init__(self, settings: MeshSettings | None = None, *, start: bool = True) -> None:
+        self.settings = settings if settings is not None else MeshSettings.from_env()
+        self.metrics = MeshMetrics(self.settings.service)
+        self.policy = PolicyStore.from_settings(self.settings)
+        self.policy.subscribe(self._applied)
+        self.policy.on_failure(self._refused)
+        self.metrics.policy_version.set(self.policy.current.version)
+        self.source: PolicySource | None = self._make_source()
+        if self.source is not None:
+            self.source.load()
+            if start:
+                self.source.start()
+        self.metrics.policy_reloads.labels(self.settings.service, "success")
+
+    @property
+    def snapshot(self) -> PolicySnapshot:
+        return self.policy.current
+
+    def _make_source(self) -> PolicySource | None:
+        target = self.settings.config
+        if target is None:
+            return None
+        if target.startswith(("http://", "https://", "etcd://")):
+            from .controlplane import make_policy_source
+
+            return make_policy_source(self)
+        return FilePolicySource(target, self.policy)
+
+    def _applied(self, snapshot: PolicySnapshot) -> None:
+        self.metrics.policy_version.set(snapshot.version)
+        self.metrics.policy_reloads.labels(self.settings.service, "success").inc()
+
+    def _refused(self, error: PolicyError) -> None:
+        self.metrics.policy_reloads.labels(self.settings.service, "failure").inc()
+        log.warning("policy_refused", source=error.source, problems=error.problems)
+
+    def close(self) -> None:
+        """Stop background work (the config source's watcher)."""
+        if self.source is not None:
+            self.source.close()
+
+
+_runtime: MeshRuntime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> MeshRuntime:
+    """The process's runtime, created from the environment on first use."""
+    global _runtime
+    runtime = _runtime
+    if runtime is None:
+        with _lock:
+            if _runtime is None:
+                _runtime = MeshRuntime()
+            runtime = _runtime
+    return runtime
+
+
+def set_runtime(runtime: MeshRuntime | None) -> MeshRuntime | None:
+    """Install ``runtime`` as the process's runtime (``None`` to forget it); returns the old one."""
+    global _runtime
+    with _lock:
+        old, _runtime = _runtime, runtime
+    return old

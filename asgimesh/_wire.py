@@ -1,0 +1,90 @@
+"""Parsing and making the mesh's wire headers (contract, section 5). Pure functions.
+
+Whatever a caller sends, these return a value or ``None``: a header the mesh cannot parse is
+treated as absent, never as an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+__all__ = [
+    "new_request_id",
+    "new_span_id",
+    "new_trace_id",
+    "parse_deadline_ms",
+    "parse_envoy_timeout_ms",
+    "parse_grpc_timeout",
+    "parse_request_id",
+    "parse_traceparent",
+]
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
+    """``(trace_id, parent_span_id, flags)`` from a valid W3C ``traceparent``, else ``None``."""
+    if not value or len(value) > 512:
+        return None
+    match = _TRACEPARENT.match(value.strip())
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id, flags
+
+
+def parse_request_id(value: str | None) -> str | None:
+    """A caller's ``x-request-id`` if it is 1-200 visible ASCII characters, else ``None``."""
+    if value and _REQUEST_ID.match(value):
+        return value
+    return None
+
+
+def _positive_number(value: str | None, limit: int = 12) -> float | None:
+    if not value:
+        return None
+    text = value.strip()
+    if not text or len(text) > limit or not text.isdigit():
+        return None
+    return float(text)
+
+
+def parse_deadline_ms(value: str | None) -> float | None:
+    """Seconds from ``mesh-deadline-ms`` (whole milliseconds), else ``None``."""
+    millis = _positive_number(value)
+    return None if millis is None else millis / 1000.0
+
+
+def parse_envoy_timeout_ms(value: str | None) -> float | None:
+    """Seconds from ``x-envoy-expected-rq-timeout-ms``; Envoy's 0 means no timeout."""
+    millis = _positive_number(value)
+    return None if not millis else millis / 1000.0
+
+
+def parse_grpc_timeout(value: str | None) -> float | None:
+    """Seconds from ``grpc-timeout`` (at most 8 digits and a unit: H M S m u n), else ``None``."""
+    if not value or len(value) < 2 or len(value) > 9:
+        return None
+    digits, unit = value[:-1], value[-1]
+    if not digits.isdigit() or unit not in _GRPC_UNITS:
+        return None
+    return int(digits) * _GRPC_UNITS[unit]
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()

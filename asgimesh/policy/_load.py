@@ -1,0 +1,194 @@
+"""Reading policy documents: text to a dict, dicts to a validated :class:`Policy`, layers merged.
+
+Pure functions, no I/O beyond :func:`read_policy_file`: the control-plane server, the CLI's
+``policy check``, the file watcher and the runtime all refuse a document with the same words.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .._errors import PolicyError
+from ._model import Policy
+
+__all__ = [
+    "FORMATS",
+    "Layer",
+    "format_validation_error",
+    "merge_layers",
+    "parse_document",
+    "parse_policy",
+    "read_policy_file",
+    "validate_document",
+]
+
+FORMATS = ("json", "yaml", "toml")
+
+#: A named layer: where a partial document came from, and the document.
+Layer = tuple[str, Mapping[str, Any]]
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only ``true``/``false``. Under PyYAML's YAML 1.1 rules the
+    contract's own ``retries: {on: [...]}`` key would silently become the boolean ``True``."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def format_for(name: str, content_type: str | None = None) -> str:
+    """Guess a document's format from a file name or an HTTP content type (JSON by default)."""
+    lowered = (content_type or "").lower()
+    if "yaml" in lowered or name.lower().endswith((".yaml", ".yml")):
+        return "yaml"
+    if "toml" in lowered or name.lower().endswith(".toml"):
+        return "toml"
+    return "json"
+
+
+def parse_document(text: str | bytes, fmt: str, source: str = "policy") -> dict[str, Any]:
+    """Parse ``text`` as ``fmt``; a syntax error is a :class:`PolicyError` naming where."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PolicyError(["(document): expected UTF-8 text"], source) from None
+    try:
+        if fmt == "yaml":
+            data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader
+        elif fmt == "toml":
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(
+            [f"(document): invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], source
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([f"(document): invalid YAML{where}: {problem}"], source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError([f"(document): invalid TOML: {exc}"], source) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(
+            [f"(document): expected a mapping at the top, got {type(data).__name__}"], source
+        )
+    return data
+
+
+def read_policy_file(path: str | Path) -> dict[str, Any]:
+    """Read and parse a policy file; an unreadable file is a :class:`PolicyError` too."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(
+            [f"(file): cannot read {str(path)!r}: {exc.strerror or exc}"], str(path)
+        ) from None
+    return parse_document(raw, format_for(path.name), str(path))
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One ``path: problem`` line per error, the path dotted as the document spells it."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [
+            str(part) for part in error["loc"] if not str(part).startswith(("function-", "lax-"))
+        ]
+        # Drop pydantic's union-branch labels (``int``, ``literal[...]``) from the path.
+        loc = [
+            part
+            for part in loc
+            if not part.startswith(("literal[", "constrained-")) and part not in ("int", "str")
+        ]
+        path = ".".join(loc) or "(document)"
+        kind = error["type"]
+        value = error.get("input")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            message = "unknown field"
+        elif kind == "missing":
+            message = "required"
+        elif kind == "literal_error":
+            message = (
+                f"expected one of {error.get('ctx', {}).get('expected', '')}, got {_show(value)}"
+            )
+        elif not message.startswith("expected"):
+            message = f"expected {message[0].lower()}{message[1:]}".replace(
+                "expected input should be ", "expected "
+            )
+            message += f", got {_show(value)}"
+        problems.append(f"{path}: {message}")
+    # Unions report each branch; keep each line once, in order.
+    return list(dict.fromkeys(problems))
+
+
+def validate_document(document: Mapping[str, Any], source: str = "policy") -> Policy:
+    """Validate one (possibly partial) document; every problem listed, or a :class:`Policy`."""
+    try:
+        return Policy.model_validate(document)
+    except ValidationError as exc:
+        raise PolicyError(format_validation_error(exc), source) from None
+
+
+def parse_policy(text: str | bytes, fmt: str = "json", source: str = "policy") -> Policy:
+    """Text to :class:`Policy` in one call, as ``policy check`` and the control plane need."""
+    return validate_document(parse_document(text, fmt, source), source)
+
+
+def merge_layers(layers: Iterable[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Deep-merge ``layers``, lowest first. Mappings merge key by key; anything else (lists
+    included) is replaced whole. Returns the merged document and, for each leaf path the layers
+    set, the name of the layer its value came from."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def merge(into: dict[str, Any], update: Mapping[str, Any], prefix: str, name: str) -> None:
+        for key, value in update.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+                merge(into[key], value, path + ".", name)
+            elif isinstance(value, Mapping):
+                into[key] = {}
+                for stale in [p for p in origin if p.startswith(path + ".")]:
+                    del origin[stale]
+                merge(into[key], value, path + ".", name)
+                if not value:
+                    origin[path] = name
+            else:
+                into[key] = value
+                for stale in [p for p in origin if p.startswith(path + ".")]:
+                    del origin[stale]
+                origin[path] = name
+
+    for name, document in layers:
+        merge(merged, document, "", name)
+    return merged, origin

@@ -1,0 +1,302 @@
+"""The policy document of the contract, section 4, as frozen pydantic models.
+
+The same shape arrives from a file, ``MESH_POLICY``, the control plane or etcd. Every model forbids
+unknown fields: a typo (``timout``) is a refusal with its path, not a silently ignored setting.
+Durations are stored as float seconds.
+
+``defaults`` holds concrete values (the built-in defaults unless a layer sets them); services and
+routes hold only what they override (``None`` = inherit), which :mod:`asgimesh.policy._resolve`
+folds into one concrete :class:`UpstreamConfig` per call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from .._durations import parse_duration
+
+__all__ = [
+    "AuthorizationRule",
+    "Backoff",
+    "BackoffOverride",
+    "Defaults",
+    "Fault",
+    "FaultAbort",
+    "FaultDelay",
+    "InboundPolicy",
+    "LoadBalancer",
+    "OutlierDetection",
+    "OutlierOverride",
+    "Policy",
+    "RateLimit",
+    "Retries",
+    "RetriesOverride",
+    "RetryBudget",
+    "RetryBudgetOverride",
+    "Route",
+    "RouteMatch",
+    "ServicePolicy",
+    "SplitTarget",
+]
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+LoadBalancer = Literal["p2c_ewma", "round_robin", "least_request", "random"]
+
+
+def _retry_condition(value: object) -> str | int:
+    if value in ("connect-failure", "reset"):
+        return str(value)
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+        return value
+    raise ValueError(
+        f'expected "connect-failure", "reset" or a status from 400 to 599, got {value!r}'
+    )
+
+
+#: ``connect-failure``, ``reset`` or an HTTP status (400-599) that makes a try worth retrying.
+RetryCondition = Annotated[str | int, BeforeValidator(_retry_condition)]
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _method(value: str) -> str:
+    upper = value.upper()
+    if upper not in HTTP_METHODS:
+        raise ValueError(
+            f"expected an HTTP method ({', '.join(sorted(HTTP_METHODS))}), got {value!r}"
+        )
+    return upper
+
+
+def _path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"expected a path starting with '/', got {value!r}")
+    if "*" in value[:-1]:
+        raise ValueError(f"expected an exact path or a prefix ending in '*', got {value!r}")
+    return value
+
+
+Method = Annotated[str, BeforeValidator(lambda v: _method(v) if isinstance(v, str) else v)]
+PathPattern = Annotated[str, BeforeValidator(lambda v: _path(v) if isinstance(v, str) else v)]
+
+
+# ---- retries -----------------------------------------------------------------------------------
+
+
+class Backoff(_Model):
+    """Exponential backoff, full jitter: retry *n* sleeps ``uniform(0, min(max, base * 2**n))``."""
+
+    base: Duration = 0.025
+    max: Duration = 0.25
+
+
+class RetryBudget(_Model):
+    """Retries: at most ``ratio`` of requests over ``ttl``, plus ``min_per_second`` (Linkerd)."""
+
+    ratio: float = Field(default=0.2, ge=0, le=10)
+    min_per_second: float = Field(default=10, ge=0)
+    ttl: Duration = 10.0
+
+    @field_validator("ttl")
+    @classmethod
+    def _positive_ttl(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("expected a duration above zero")
+        return value
+
+
+class Retries(_Model):
+    attempts: int = Field(default=2, ge=0, le=10)
+    on: tuple[RetryCondition, ...] = ("connect-failure", "reset", 502, 503, 504)
+    backoff: Backoff = Backoff()
+    budget: RetryBudget = RetryBudget()
+
+
+class BackoffOverride(_Model):
+    base: Duration | None = None
+    max: Duration | None = None
+
+
+class RetryBudgetOverride(_Model):
+    ratio: float | None = Field(default=None, ge=0, le=10)
+    min_per_second: float | None = Field(default=None, ge=0)
+    ttl: Duration | None = None
+
+
+class RetriesOverride(_Model):
+    attempts: int | None = Field(default=None, ge=0, le=10)
+    on: tuple[RetryCondition, ...] | None = None
+    backoff: BackoffOverride | None = None
+    budget: RetryBudgetOverride | None = None
+
+
+# ---- outlier detection -------------------------------------------------------------------------
+
+
+class OutlierDetection(_Model):
+    consecutive_failures: int = Field(default=5, ge=1)
+    interval: Duration = 10.0
+    base_ejection_time: Duration = 30.0
+    max_ejection_percent: Percent = 50
+
+
+class OutlierOverride(_Model):
+    consecutive_failures: int | None = Field(default=None, ge=1)
+    interval: Duration | None = None
+    base_ejection_time: Duration | None = None
+    max_ejection_percent: Percent | None = None
+
+
+# ---- traffic -----------------------------------------------------------------------------------
+
+
+class SplitTarget(_Model):
+    service: str = Field(min_length=1)
+    weight: Percent
+
+
+class FaultAbort(_Model):
+    percent: Percent = 0
+    status: int = Field(default=503, ge=200, le=599)
+
+
+class FaultDelay(_Model):
+    percent: Percent = 0
+    duration: Duration = 0.1
+
+
+class Fault(_Model):
+    abort: FaultAbort | None = None
+    delay: FaultDelay | None = None
+
+
+def _check_split(split: tuple[SplitTarget, ...]) -> tuple[SplitTarget, ...]:
+    total = sum(target.weight for target in split)
+    if total > 100:
+        raise ValueError(f"expected weights that add up to at most 100, got {total:g}")
+    return split
+
+
+class RouteMatch(_Model):
+    method: Method | None = None
+    path: PathPattern | None = None
+
+
+class Route(_Model):
+    match: RouteMatch = RouteMatch()
+    timeout: Duration | None = None
+    per_try_timeout: Duration | None = None
+    retries: RetriesOverride | None = None
+    #: Marks a route safe to retry whatever its method (the operator vouches it is idempotent).
+    idempotent: bool | None = None
+    split: tuple[SplitTarget, ...] | None = None
+    fault: Fault | None = None
+
+    @field_validator("split")
+    @classmethod
+    def _weights(cls, value: tuple[SplitTarget, ...] | None) -> tuple[SplitTarget, ...] | None:
+        return None if value is None else _check_split(value)
+
+
+class ServicePolicy(_Model):
+    endpoints: tuple[str, ...] = ()
+    #: ``host:port`` whose A/AAAA records are this service's endpoints (a headless service).
+    dns: str | None = None
+    timeout: Duration | None = None
+    per_try_timeout: Duration | None = None
+    retries: RetriesOverride | None = None
+    load_balancer: LoadBalancer | None = None
+    outlier_detection: OutlierOverride | None = None
+    routes: tuple[Route, ...] = ()
+    split: tuple[SplitTarget, ...] = ()
+    fault: Fault | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        for url in endpoints:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
+        return tuple(url.rstrip("/") for url in endpoints)
+
+    @field_validator("split")
+    @classmethod
+    def _weights(cls, value: tuple[SplitTarget, ...]) -> tuple[SplitTarget, ...]:
+        return _check_split(value)
+
+
+class Defaults(_Model):
+    timeout: Duration = 10.0
+    per_try_timeout: Duration = 2.0
+    retries: Retries = Retries()
+    load_balancer: LoadBalancer = "p2c_ewma"
+    outlier_detection: OutlierDetection = OutlierDetection()
+
+
+# ---- inbound -----------------------------------------------------------------------------------
+
+
+class Allow(_Model):
+    from_: tuple[str, ...] | None = Field(default=None, alias="from")
+    methods: tuple[Method, ...] | None = None
+    paths: tuple[PathPattern, ...] | None = None
+
+    @field_validator("from_")
+    @classmethod
+    def _identities(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for identity in value or ():
+            if identity != "*" and not identity.startswith("spiffe://"):
+                raise ValueError(f"expected SPIFFE IDs (spiffe://...) or '*', got {identity!r}")
+        return value
+
+
+class AuthorizationRule(_Model):
+    allow: Allow
+
+
+class RateLimit(_Model):
+    requests_per_second: float = Field(gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class InboundPolicy(_Model):
+    authorization: tuple[AuthorizationRule, ...] | None = None
+    rate_limit: RateLimit | None = None
+    concurrency_limit: int | None = Field(default=None, ge=1)
+    #: Proxies (IP addresses or networks) whose forwarded client certificates are believed.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"expected IP addresses or networks, got {item!r}") from None
+        return value
+
+
+# ---- the document ------------------------------------------------------------------------------
+
+
+class Policy(_Model):
+    """A whole, valid policy document. Build it with :func:`asgimesh.policy.parse_policy`."""
+
+    version: Literal[1] = 1
+    defaults: Defaults = Defaults()
+    services: dict[str, ServicePolicy] = {}
+    inbound: dict[str, InboundPolicy] = {}

@@ -1,0 +1,113 @@
+"""The contract's Prometheus metrics (section 6), one registry per runtime.
+
+``prometheus_client`` does the exposition; we only declare the families. A registry of our own
+(not the process-global default) keeps two runtimes in one test process apart and keeps the host
+app's own metrics out of ``/_mesh/metrics`` unless it asks for them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["CONTENT_TYPE", "MeshMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Request latency buckets, seconds: fine below 100 ms where a mesh's calls mostly land.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class MeshMetrics:
+    """Every metric family of the contract, each labelled with this ``service``."""
+
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.inbound_requests = Counter(
+            "mesh_inbound_requests",
+            "Inbound requests handled, by method and status.",
+            ["service", "method", "status"],
+            registry=r,
+        )
+        self.inbound_duration = Histogram(
+            "mesh_inbound_request_duration_seconds",
+            "Inbound request duration.",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ).labels(service)
+        self.outbound_requests = Counter(
+            "mesh_outbound_requests",
+            "Outbound calls, by upstream, method and status "
+            "(status 'error' where no HTTP answer came).",
+            ["service", "upstream", "method", "status"],
+            registry=r,
+        )
+        self.outbound_duration = Histogram(
+            "mesh_outbound_request_duration_seconds",
+            "Outbound call duration, all tries together.",
+            ["service", "upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbound_retries = Counter(
+            "mesh_outbound_retries",
+            "Outbound retries, by upstream and reason.",
+            ["service", "upstream", "reason"],
+            registry=r,
+        )
+        self.outbound_ejections = Counter(
+            "mesh_outbound_ejections",
+            "Endpoints ejected by outlier detection.",
+            ["service", "upstream"],
+            registry=r,
+        )
+        self.policy_version = Gauge(
+            "mesh_policy_version",
+            "Version of the policy in force.",
+            ["service"],
+            registry=r,
+        ).labels(service)
+        self.policy_reloads = Counter(
+            "mesh_policy_reloads",
+            "Policy updates, by result (success or failure).",
+            ["service", "result"],
+            registry=r,
+        )
+        self.authz_denied = Counter(
+            "mesh_authz_denied",
+            "Inbound requests denied by authorization.",
+            ["service"],
+            registry=r,
+        ).labels(service)
+        self.rate_limited = Counter(
+            "mesh_rate_limited",
+            "Inbound requests refused by a rate or concurrency limit.",
+            ["service"],
+            registry=r,
+        ).labels(service)
+        # Pre-create the series every dashboard expects, so they read 0 rather than missing.
+        self.policy_reloads.labels(service, "success")
+        self.policy_reloads.labels(service, "failure")
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,224 @@
+"""Fixtures shared by the whole suite, and the only place that starts servers.
+
+Every server is a real process on a loopback port of its own, started through :class:`Spawner`,
+which waits until it answers, keeps its output for the failure message, and stops it (and its
+children) at teardown even when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+
+import asgimesh
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join(
+    [str(ROOT), *(str(ROOT / "integrations" / name) for name in ("flask", "django", "fastapi"))]
+)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs under asyncio and under trio."""
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _clean_mesh_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's ``MESH_*`` variables or another test's runtime."""
+    for name in list(os.environ):
+        if name.startswith("MESH_"):
+            monkeypatch.delenv(name)
+    old = asgimesh.set_runtime(None)
+    yield
+    runtime = asgimesh.set_runtime(old)
+    if runtime is not None:
+        runtime.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: ours without ``MESH_*``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env["PYTHONPATH"] = PYTHONPATH + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class ServerProcess:
+    """A real server process on ``127.0.0.1:port``."""
+
+    def __init__(self, args: Sequence[str], port: int, env: Mapping[str, str], cwd: Path) -> None:
+        self.args = list(args)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = Path(tempfile.mkstemp(prefix="asgimesh-test-", suffix=".log")[1])
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.args,
+            env=dict(env),
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 20.0, path: str | None = None) -> None:
+        """Wait until the port accepts connections (and ``path`` answers, if given)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.args!r} exited with {self.proc.returncode}:\n{self.output()[-4000:]}"
+                )
+            try:
+                if path is None:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        return
+                else:
+                    httpx.get(self.url + path, timeout=0.5)
+                    return
+            except (OSError, httpx.HTTPError):
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.args!r} not ready in {timeout}s:\n{self.output()[-4000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL after 5 s."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+class Spawner:
+    """Starts servers for one test and stops them all at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: list[ServerProcess] = []
+
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        ready_path: str | None = None,
+        timeout: float = 20.0,
+    ) -> ServerProcess:
+        """Start ``args`` (``{port}`` in them is replaced) and wait until it serves."""
+        port = port or free_port()
+        argv = [a.replace("{port}", str(port)) for a in args]
+        server = ServerProcess(argv, port, subprocess_env(env), self.tmp_path)
+        self.processes.append(server)
+        server.wait_ready(timeout, ready_path)
+        return server
+
+    def uvicorn(
+        self,
+        app: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        ready_path: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> ServerProcess:
+        """A real uvicorn serving ``app`` (``module:attr``) on its own loopback port."""
+        return self.start(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            env=env,
+            port=port,
+            ready_path=ready_path,
+        )
+
+    def gunicorn(
+        self,
+        app: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        ready_path: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> ServerProcess:
+        """A real gunicorn (sync workers) serving the WSGI ``app`` on its own loopback port."""
+        return self.start(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                app,
+                "--bind",
+                "127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            env=env,
+            port=port,
+            ready_path=ready_path,
+        )
+
+    def close(self) -> None:
+        for server in reversed(self.processes):
+            server.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawner]:
+    """Start real servers for this test; all of them stop when it ends, pass or fail."""
+    spawner = Spawner(tmp_path)
+    try:
+        yield spawner
+    finally:
+        spawner.close()

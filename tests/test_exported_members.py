@@ -1,0 +1,47 @@
+"""The public API is exactly what ``__all__`` says, and every name in it is importable."""
+
+import asgimesh
+
+
+def test_all_names_are_exported() -> None:
+    exported = {name for name in dir(asgimesh) if not name.startswith("_")}
+    public = {name for name in asgimesh.__all__ if not name.startswith("_")}
+    missing = public - set(dir(asgimesh))
+    assert not missing
+    # Submodules are reachable, but everything else public must be listed in __all__.
+    modules = {
+        "cli",
+        "controlplane",
+        "identity",
+        "inbound",
+        "outbound",
+        "policy",
+        "settings",
+        "telemetry",
+        "testing",
+    }
+    assert exported - public - modules == set()
+
+
+def test_contract_names_present() -> None:
+    for name in (
+        "MeshMiddleware",
+        "MeshWSGIMiddleware",
+        "MeshTransport",
+        "AsyncMeshTransport",
+        "MeshSettings",
+        "Policy",
+        "current_context",
+        "NoHealthyEndpoints",
+        "DeadlineExceeded",
+        "RetryBudgetExhausted",
+        "CircuitOpen",
+    ):
+        assert name in asgimesh.__all__, name
+
+
+def test_public_members_say_where_they_belong() -> None:
+    for name in asgimesh.__all__:
+        member = getattr(asgimesh, name)
+        if hasattr(member, "__module__") and not isinstance(member, str):
+            assert member.__module__.startswith("asgimesh"), name

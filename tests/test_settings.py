@@ -1,0 +1,95 @@
+import pytest
+
+from asgimesh import ConfigError, MeshSettings
+
+
+def test_defaults_match_the_contract() -> None:
+    s = MeshSettings.from_env()
+    assert (s.service, s.namespace, s.trust_domain) == ("app", "default", "mesh.local")
+    assert s.timeout == 10.0 and s.retries == 2 and s.mtls == "off"
+    assert s.access_log is False and s.log_format == "json" and s.config is None
+    assert s.spiffe_id == "spiffe://mesh.local/ns/default/sa/app"
+
+
+def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    env = {
+        "MESH_SERVICE": "payments",
+        "MESH_NAMESPACE": "shop",
+        "MESH_TRUST_DOMAIN": "corp.example",
+        "MESH_CONFIG": str(tmp_path / "p.yaml"),
+        "MESH_POLICY": '{"version": 1}',
+        "MESH_UPSTREAMS": "orders=http://127.0.0.1:8001,http://127.0.0.1:8002;stock=http://127.0.0.1:8003",
+        "MESH_TIMEOUT": "250ms",
+        "MESH_RETRIES": "0",
+        "MESH_TOKEN": "t0k",
+        "MESH_ADMIN_TOKEN": "s3cr3t-admin",
+        "MESH_MTLS": "strict",
+        "MESH_CERT": "/c.pem",
+        "MESH_KEY": "/k.pem",
+        "MESH_CA": "/ca.pem",
+        "MESH_ACCESS_LOG": "true",
+        "MESH_LOG_FORMAT": "console",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = MeshSettings.from_env()
+    assert s.spiffe_id == "spiffe://corp.example/ns/shop/sa/payments"
+    assert s.timeout == 0.25 and s.retries == 0 and s.mtls == "strict" and s.access_log
+    assert s.upstream_map == {
+        "orders": ("http://127.0.0.1:8001", "http://127.0.0.1:8002"),
+        "stock": ("http://127.0.0.1:8003",),
+    }
+    assert s.token is not None and s.token.get_secret_value() == "t0k"
+    assert "t0k" not in repr(s) and "s3cr3t-admin" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MESH_TIMEOUT", "fast", "MESH_TIMEOUT='fast': expected a duration"),
+        ("MESH_RETRIES", "-1", "MESH_RETRIES='-1': expected greater than or equal to 0"),
+        ("MESH_RETRIES", "two", "MESH_RETRIES='two': expected a valid integer"),
+        ("MESH_MTLS", "on", "MESH_MTLS='on': expected one of 'off', 'permissive' or 'strict'"),
+        ("MESH_LOG_FORMAT", "xml", "MESH_LOG_FORMAT='xml': expected one of 'json' or 'console'"),
+        ("MESH_ACCESS_LOG", "maybe", "MESH_ACCESS_LOG='maybe': expected a valid boolean"),
+        ("MESH_SERVICE", "pay ments", "MESH_SERVICE='pay ments': expected a name"),
+        ("MESH_CONFIG", "policy.txt", "MESH_CONFIG='policy.txt': expected a policy file"),
+        ("MESH_UPSTREAMS", "payments", "MESH_UPSTREAMS='payments': expected service=url"),
+        ("MESH_UPSTREAMS", "p=ftp://x", "expected an http:// or https:// endpoint for 'p'"),
+    ],
+)
+def test_bad_values_name_variable_value_and_expectation(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        MeshSettings.from_env()
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_every_bad_value_reported_at_once_and_secrets_hidden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MESH_TIMEOUT", "soon")
+    monkeypatch.setenv("MESH_MTLS", "yes")
+    with pytest.raises(ConfigError) as info:
+        MeshSettings.from_env()
+    assert "MESH_TIMEOUT" in str(info.value) and "MESH_MTLS" in str(info.value)
+
+
+def test_bad_setting_stops_start_up_with_one_line(spawn, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import asgimesh; asgimesh.get_runtime()"],
+        env=subprocess_env({"MESH_TIMEOUT": "fast"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "MESH_TIMEOUT='fast'" in proc.stderr
