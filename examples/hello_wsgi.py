@@ -1,8 +1,8 @@
 """Hello, mesh: a Flask app behind ``MeshWSGIMiddleware``.
 
-    gunicorn examples.hello_wsgi:app --bind 127.0.0.1:8000
-    curl -i localhost:8000/            # x-request-id comes back
-    curl localhost:8000/_mesh/health   # {"status": "ok", ...}
+gunicorn examples.hello_wsgi:app --bind 127.0.0.1:8000
+curl -i localhost:8000/            # x-request-id comes back
+curl localhost:8000/_mesh/health   # {"status": "ok", ...}
 """
 
 from __future__ import annotations
