@@ -71,7 +71,7 @@ class MeshMiddleware:
         telemetry = self._telemetry
         exchange = _Exchange(send, _encode(decision.response_headers))
         span: SpanScope | None = None
-        tracer = telemetry.spans.tracer()
+        tracer = telemetry.spans.tracer(started)
         if tracer is not None:
             span = telemetry.spans.start(tracer, context, method, scope_attributes(scope))
         token = _current.set(context)

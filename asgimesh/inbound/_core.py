@@ -124,8 +124,9 @@ class Decision:
         return (("x-request-id", self.context.request_id),)
 
 
-def _hex(bits: int, width: int) -> str:
-    return f"{bits or 1:0{width}x}"
+def _hex(bits: int, size: int) -> str:
+    """``size`` bytes of ``bits`` as lower-case hex, never all zeros (W3C: invalid)."""
+    return (bits or 1).to_bytes(size, "big").hex()
 
 
 class InboundCore:
@@ -158,18 +159,18 @@ class InboundCore:
     def context(self, fields: Mapping[str, str], now: float) -> MeshContext:
         """The request's mesh context from its headers; anything malformed counts as absent."""
         randbits = self._randbits
-        request_id = parse_request_id(fields.get("x-request-id")) or _hex(randbits(128), 32)
+        request_id = parse_request_id(fields.get("x-request-id")) or _hex(randbits(128), 16)
         parent = parse_traceparent(fields.get("traceparent"))
         if parent is not None:
             trace_id, parent_span_id, flags = parent
             # W3C: tracestate belongs to the traceparent it came with; without one it is dropped.
             tracestate = parse_tracestate(fields.get("tracestate"))
         else:
-            trace_id, parent_span_id, flags, tracestate = _hex(randbits(128), 32), None, "01", None
+            trace_id, parent_span_id, flags, tracestate = _hex(randbits(128), 16), None, "01", None
         return MeshContext(
             request_id=request_id,
             trace_id=trace_id,
-            span_id=_hex(randbits(64), 16),
+            span_id=_hex(randbits(64), 8),
             trace_flags=flags,
             tracestate=tracestate,
             deadline=_deadline(fields, now),

@@ -72,7 +72,7 @@ class MeshWSGIMiddleware:
         assert context is not None
         telemetry = self._telemetry
         span: SpanScope | None = None
-        tracer = telemetry.spans.tracer()
+        tracer = telemetry.spans.tracer(started)
         if tracer is not None:
             span = telemetry.spans.start(tracer, context, method, environ_attributes(environ))
         call = _Call(telemetry, context, method, path, client, started, span, start_response)

@@ -1,8 +1,8 @@
 """OpenTelemetry SERVER spans for inbound requests, only where a real tracer provider is set.
 
 ``opentelemetry-api`` is optional. Without it, or while the global tracer provider is the API's
-no-op/proxy provider, :meth:`ServerSpans.tracer` answers ``None`` after one attribute read and
-one ``isinstance`` and nothing else happens per request. Once an SDK provider is installed (it
+no-op/proxy provider, :meth:`ServerSpans.tracer` answers ``None`` after one comparison and
+nothing else happens per request. Once an SDK provider is installed (it
 can only be installed once per process), the tracer is cached.
 
 The span continues the caller's trace and *is* the request's server span: its ids replace those
@@ -43,14 +43,26 @@ SpanScope = tuple[Any, Any]
 class ServerSpans:
     """Starts and ends the SERVER span of each request while a real provider is configured."""
 
+    #: Seconds between looks at the global provider while it is the no-op one.
+    RECHECK = 1.0
+
     def __init__(self) -> None:
         self._tracer: Any = None
+        self._next_check = float("-inf")
 
-    def tracer(self) -> Any:
-        """The tracer, or ``None`` while tracing is off (the common, cheap case)."""
+    def tracer(self, now: float) -> Any:
+        """The tracer, or ``None`` while tracing is off (the common, cheap case).
+
+        While no real provider is installed this costs one comparison: the global provider is
+        looked up again only every :attr:`RECHECK` seconds (``now`` is ``time.monotonic``), so a
+        provider installed after start-up (in a lifespan handler, say) is used within a second.
+        """
         tracer = self._tracer
-        if tracer is not None or trace is None:
+        if tracer is not None or now < self._next_check:
             return tracer
+        self._next_check = now + self.RECHECK
+        if trace is None:
+            return None
         provider = trace.get_tracer_provider()
         if isinstance(provider, NoOpTracerProvider | ProxyTracerProvider):
             return None

@@ -1,4 +1,5 @@
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from opentelemetry import trace
@@ -9,12 +10,19 @@ from opentelemetry.util._once import Once
 
 from ..inbound.shells import make_runtime, make_shell, shell_kind
 
-__all__ = ["make_runtime", "make_shell", "otel_spans", "shell_kind"]
+__all__ = ["installed_provider", "make_runtime", "make_shell", "otel_spans", "shell_kind"]
 
 
 @pytest.fixture
 def otel_spans() -> Iterator[InMemorySpanExporter]:
-    """A real SDK tracer provider, installed globally for one test, exporting to memory.
+    """A real SDK tracer provider, installed globally for one test, exporting to memory."""
+    with installed_provider() as exporter:
+        yield exporter
+
+
+@contextmanager
+def installed_provider() -> Iterator[InMemorySpanExporter]:
+    """Install a real SDK tracer provider globally, exporting to memory; remove it after.
 
     OpenTelemetry lets a process set its provider once; like OpenTelemetry's own test utilities
     we reset that guard around the test so that other tests keep the no-op provider.

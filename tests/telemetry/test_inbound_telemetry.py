@@ -101,7 +101,19 @@ def test_access_log_records_504_and_crash(make_shell) -> None:
 def test_no_provider_means_no_tracer() -> None:
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         pytest.skip("another part of this process installed a tracer provider")
-    assert ServerSpans().tracer() is None
+    assert ServerSpans().tracer(0.0) is None
+
+
+def test_a_provider_installed_later_is_used_within_a_second() -> None:
+    from .conftest import installed_provider
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        pytest.skip("another part of this process installed a tracer provider")
+    spans = ServerSpans()
+    assert spans.tracer(100.0) is None
+    with installed_provider():
+        assert spans.tracer(100.5) is None  # not looked up again yet: one comparison
+        assert spans.tracer(101.0) is not None
 
 
 def test_server_span_continues_the_callers_trace(make_shell, otel_spans) -> None:
