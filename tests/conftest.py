@@ -222,3 +222,13 @@ def spawn(tmp_path: Path) -> Iterator[Spawner]:
         yield spawner
     finally:
         spawner.close()
+
+
+@pytest.fixture(scope="module")
+def module_spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spawner]:
+    """Like ``spawn``, for servers that every test of a module shares (read-only tests)."""
+    spawner = Spawner(tmp_path_factory.mktemp("servers"))
+    try:
+        yield spawner
+    finally:
+        spawner.close()

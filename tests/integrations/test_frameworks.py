@@ -20,13 +20,18 @@ SERVERS = {
 }
 
 
-@pytest.fixture(params=sorted(SERVERS))
-def service(request, spawn):
-    """One framework's app in its real server, with a real upstream named ``echo``."""
-    echo = spawn.uvicorn("tests.integrations.apps.echo:app")
+@pytest.fixture(scope="module")
+def echo(module_spawn):
+    """A real upstream named ``echo`` that answers with the mesh headers it received."""
+    return module_spawn.uvicorn("tests.integrations.apps.echo:app")
+
+
+@pytest.fixture(scope="module", params=sorted(SERVERS))
+def service(request, module_spawn, echo):
+    """One framework's app in its real server (shared by this module's tests)."""
     server, app = SERVERS[request.param]
     env = {"MESH_SERVICE": "web", "MESH_UPSTREAMS": f"echo={echo.url}"}
-    start = spawn.gunicorn if server == "gunicorn" else spawn.uvicorn
+    start = module_spawn.gunicorn if server == "gunicorn" else module_spawn.uvicorn
     return start(app, env=env, ready_path="/_mesh/health")
 
 
