@@ -134,6 +134,10 @@ def test_deadline_headers_become_an_absolute_monotonic_deadline(
         {"grpc-timeout": "S"},
         {"x-envoy-expected-rq-timeout-ms": "0"},  # Envoy's 0: no timeout
         {"x-envoy-expected-rq-timeout-ms": "1e3"},
+        # digits to str.isdigit() but not to int(): must not become a 500
+        {"mesh-deadline-ms": "\xb2"},
+        {"grpc-timeout": "\xb9S"},
+        {"x-envoy-expected-rq-timeout-ms": "1\xb2"},
     ],
 )
 def test_malformed_deadline_headers_mean_no_deadline(
