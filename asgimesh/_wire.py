@@ -65,7 +65,8 @@ def _positive_number(value: str | None, limit: int = 12) -> float | None:
     if not value:
         return None
     text = value.strip()
-    if not text or len(text) > limit or not text.isdigit():
+    # isascii(): str.isdigit() also accepts "²" and other digits that float() refuses.
+    if not text or len(text) > limit or not text.isascii() or not text.isdigit():
         return None
     return float(text)
 
@@ -87,7 +88,7 @@ def parse_grpc_timeout(value: str | None) -> float | None:
     if not value or len(value) < 2 or len(value) > 9:
         return None
     digits, unit = value[:-1], value[-1]
-    if not digits.isdigit() or unit not in _GRPC_UNITS:
+    if not digits.isascii() or not digits.isdigit() or unit not in _GRPC_UNITS:
         return None
     return int(digits) * _GRPC_UNITS[unit]
 

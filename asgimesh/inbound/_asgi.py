@@ -55,9 +55,8 @@ class MeshMiddleware:
         method: str = scope["method"]
         path: str = scope["path"]
         client = scope.get("client")
-        decision = self._core.decide(
-            method, path, asgi_fields(scope["headers"]), client[0] if client else None, started
-        )
+        host: str | None = client[0] if client else None
+        decision = self._core.decide(method, path, asgi_fields(scope["headers"]), host, started)
         context = decision.context
         if decision.answer is not None:
             await _send_answer(send, decision.answer, method, decision.response_headers)
@@ -95,7 +94,7 @@ class MeshMiddleware:
                 time.monotonic() - started,
                 span,
                 error,
-                client[0] if client else None,
+                host,
             )
 
 

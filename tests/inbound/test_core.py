@@ -134,6 +134,10 @@ def test_deadline_headers_become_an_absolute_monotonic_deadline(
         {"grpc-timeout": "S"},
         {"x-envoy-expected-rq-timeout-ms": "0"},  # Envoy's 0: no timeout
         {"x-envoy-expected-rq-timeout-ms": "1e3"},
+        # digits to str.isdigit() but not to int(): must not become a 500
+        {"mesh-deadline-ms": "\xb2"},
+        {"grpc-timeout": "\xb9S"},
+        {"x-envoy-expected-rq-timeout-ms": "1\xb2"},
     ],
 )
 def test_malformed_deadline_headers_mean_no_deadline(
@@ -208,3 +212,29 @@ def test_non_ascii_header_bytes_do_not_raise(core: InboundCore) -> None:
     ctx = core.context(fields, NOW)
     assert ctx.request_id == f"{1:032x}"
     assert ctx.parent_span_id is None
+
+
+def test_no_header_value_makes_the_core_raise() -> None:
+    """Random latin-1 text (what servers hand over) in every mesh header: always a decision."""
+    import random
+
+    rng = random.Random(20261127)
+    alphabet = "0123456789abcdefABCDEF-=, .:;SMHmun\t\x00\xb2\xb9\xe9\xff" + "".join(
+        chr(c) for c in range(0x20, 0x7F)
+    )
+    names = ["traceparent", "tracestate", "x-request-id", "mesh-deadline-ms", "grpc-timeout"]
+    names.append("x-envoy-expected-rq-timeout-ms")
+    digits = "0123456789\xb2\xb9 -"
+
+    def value() -> str:
+        if rng.random() < 0.5:  # number-like: where parsers are most tempted to trust input
+            text = "".join(rng.choice(digits) for _ in range(rng.randint(0, 4)))
+            return text + rng.choice(["", "", "S", "m", "X"])
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 70)))
+
+    core = InboundCore(randbits=counting_bits())
+    for _ in range(3000):
+        fields = {name: value() for name in names if rng.random() < 0.7}
+        decision = core.decide("GET", "/", fields, None, NOW)
+        assert decision.context is not None
+        assert decision.answer is None or decision.answer.status == 504

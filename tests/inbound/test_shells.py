@@ -78,6 +78,16 @@ def test_bad_deadline_headers_are_ignored(make_shell, headers: dict[str, str]) -
     assert response.json()["remaining"] is None
 
 
+def test_non_ascii_digits_in_deadline_are_ignored_asgi(make_runtime) -> None:
+    # httpx's WSGITransport cannot send this byte; test_wsgi.py sends it in the environ.
+    from .shells import Shell
+
+    shell = Shell("asgi", make_runtime())
+    response = shell.get("/whoami", headers={"mesh-deadline-ms": "\xb2".encode("latin-1")})
+    assert response.status_code == 200
+    assert response.json()["remaining"] is None
+
+
 @pytest.mark.parametrize(
     ("headers", "shown"),
     [

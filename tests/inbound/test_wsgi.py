@@ -121,6 +121,20 @@ def test_expired_deadline_never_calls_the_app(make_runtime) -> None:
     assert b"deadline_exceeded" in b"".join(result)
 
 
+def test_non_ascii_digits_in_deadline_are_ignored(make_runtime) -> None:
+    def app(env: Any, start_response: Any) -> list[bytes]:
+        context = current_context()
+        start_response("200 OK", [])
+        return [repr(context.deadline if context else "no context").encode()]
+
+    start = Started()
+    body = MeshWSGIMiddleware(app, runtime=make_runtime())(
+        environ(MESH_DEADLINE_MS="\xb2", GRPC_TIMEOUT="\xb9S"), start
+    )
+    assert start.calls[0][0] == "200 OK"
+    assert b"".join(body) == b"None"
+
+
 def test_error_while_streaming_is_counted_500_and_reraised(make_runtime) -> None:
     runtime = make_runtime()
 
