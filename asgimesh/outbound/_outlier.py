@@ -73,6 +73,7 @@ def return_due(ejected: Sequence[Endpoint], now: float) -> list[Endpoint]:
     back = [e for e in ejected if e.ejected_until <= now]
     for endpoint in back:
         endpoint.ejected_until = 0.0
+        endpoint.times_changed = now  # healthy time counts from the return
         endpoint.probing = True
         endpoint.failures = 0
     return back
