@@ -24,7 +24,10 @@ def median(values: Sequence[float]) -> float:
 def machine() -> str:
     import os
 
-    return f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}"
+    return (
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} cores, {platform.machine()}"
+    )
 
 
 def write_section(name: str, body: str, command: str) -> None:
@@ -35,7 +38,8 @@ def write_section(name: str, body: str, command: str) -> None:
         f"Command: `{command}` — {stamp}, {machine()}.\n<!-- /bench:{name} -->"
     )
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    fence = re.escape(name)
+    pattern = re.compile(rf"<!-- bench:{fence} -->.*?<!-- /bench:{fence} -->", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:

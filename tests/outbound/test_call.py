@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import pytest
+from outbound_support import FakeClock, backend_config, call_config
 
 from asgimesh import MeshContext, MeshRuntime, MeshSettings
 from asgimesh._context import _current
@@ -15,8 +16,6 @@ from asgimesh.outbound._call import Call
 from asgimesh.outbound._core import OutboundCore
 from asgimesh.outbound._upstream import Refusal, Upstream
 from asgimesh.telemetry import MeshMetrics
-
-from outbound_support import FakeClock, backend_config, call_config
 
 ENDPOINTS = ["http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80"]
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from outbound_support import backend_config, call_config
 
+from asgimesh._errors import PolicyError
 from asgimesh.outbound._config import compile_policy
 from asgimesh.policy import validate_document
-from asgimesh._errors import PolicyError
-
-from outbound_support import backend_config, call_config
 
 
 def test_defaults_are_the_contracts() -> None:

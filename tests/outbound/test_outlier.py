@@ -5,11 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from outbound_support import backend_config
 
 from asgimesh.outbound._upstream import Refusal, Upstream
 from asgimesh.telemetry import MeshMetrics
-
-from outbound_support import backend_config
 
 
 def upstream(n: int = 4, **outlier: object) -> Upstream:

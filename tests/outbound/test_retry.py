@@ -7,10 +7,9 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+from outbound_support import call_config
 
 from asgimesh.outbound._retry import RetryBudget, backoff_delay, parse_retry_after, retry_reason
-
-from outbound_support import call_config
 
 
 @pytest.mark.parametrize(
