@@ -145,9 +145,23 @@ class Upstream:
             record_success(endpoint, self.rules, now)
 
     def failed(self, endpoint: Endpoint, rtt: float, penalty: float, now: float) -> None:
-        """A try failed: its latency counts as at least ``penalty`` so the balancer steers away
-        (a fast failure must not look like a fast endpoint), and outlier detection counts it."""
-        endpoint.observe(max(rtt, penalty), now)
+        """A try failed: outlier detection counts it, and the balancer is told to steer away.
+
+        A fast failure must not look like a fast endpoint (a replica answering 503 at once would
+        otherwise draw ever more traffic): the try counts as a latency of at least ``penalty``
+        (the per-try timeout: a failure is as bad as the slowest acceptable answer) and at least
+        twice the current cost of the costliest other endpoint, so that even under load, when
+        queues make the healthy endpoints' costs exceed ``penalty``, it is picked again only
+        once that decays. The second bound is capped at ten penalties so that endpoints that all
+        fail cannot ratchet each other up without limit.
+        """
+        worst = 0.0
+        for peer in self.available:
+            if peer is not endpoint:
+                cost = peer.cost(now)
+                if cost > worst:
+                    worst = cost
+        endpoint.observe(max(rtt, penalty, min(2.0 * worst, 10.0 * penalty)), now)
         with self._lock:
             if endpoint.ejected_until:
                 return

@@ -101,3 +101,19 @@ def test_new_endpoint_set_keeps_known_endpoints_state() -> None:
     up.set_endpoints(["http://10.0.0.0:80", "http://10.0.0.9:80"], 1.0)
     assert [e.url for e in up.endpoints] == ["http://10.0.0.0:80", "http://10.0.0.9:80"]
     assert up.endpoints[0].rtt == 0.5
+
+
+def test_failure_penalty_outweighs_a_loaded_healthy_peer() -> None:
+    """Under load a healthy endpoint's cost (latency x queue) can exceed the per-try timeout;
+    a fast-failing endpoint must still cost more than it after a failure."""
+    up = upstream(2)
+    healthy, flaky = up.endpoints
+    healthy.observe(0.2, 0.0)
+    healthy.outstanding = 20  # cost ~4 s, above the 1 s penalty
+    up.failed(flaky, 0.001, 1.0, 0.0)
+    assert flaky.cost(0.0) >= 2 * healthy.cost(0.0)
+    assert all(up.pick(0.0) is healthy for _ in range(20))
+    # Bounded: at most ten penalties however costly the peers.
+    healthy.outstanding = 10_000
+    up.failed(flaky, 0.001, 1.0, 0.0)
+    assert flaky.rtt == 10.0
