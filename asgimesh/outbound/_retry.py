@@ -23,7 +23,7 @@ __all__ = ["Failure", "RetryBudget", "backoff_delay", "parse_retry_after", "retr
 #: How a try ended without an HTTP answer.
 #: ``connect-failure``: no connection was made, so nothing reached the upstream.
 #: ``reset``: the connection broke after the request may have been sent.
-#: ``timeout``: no answer in the try's time (Envoy treats a per-try timeout as a 504).
+#: ``timeout``: no answer in the try's time (Envoy retries it under ``reset`` and ``gateway-error``).
 Failure = Literal["connect-failure", "reset", "timeout"]
 
 
@@ -45,7 +45,7 @@ def retry_reason(
     if failure == "reset":
         return failure if config.retry_reset else None
     if failure == "timeout":
-        return failure if 504 in config.retry_statuses else None
+        return failure if config.retry_reset or 504 in config.retry_statuses else None
     if status is not None and status in config.retry_statuses:
         return str(status)
     return None

@@ -51,6 +51,8 @@ def test_conditions_follow_the_policy() -> None:
     assert retry_reason(config, True, True, failure="connect-failure") is None
     assert retry_reason(config, True, True, status=429) == "429"
     assert retry_reason(config, True, True, status=503) is None
+    assert retry_reason(config, True, True, failure="timeout") == "timeout"  # under `reset`
+    assert retry_reason(call_config({"retries": {"on": [503]}}), True, True, failure="timeout") is None
     assert retry_reason(call_config({"retries": {"attempts": 0}}), True, True, failure="connect-failure") is None
 
 
