@@ -23,7 +23,7 @@ __all__ = ["Failure", "RetryBudget", "backoff_delay", "parse_retry_after", "retr
 #: How a try ended without an HTTP answer.
 #: ``connect-failure``: no connection was made, so nothing reached the upstream.
 #: ``reset``: the connection broke after the request may have been sent.
-#: ``timeout``: no answer in the try's time (Envoy retries it under ``reset`` and ``gateway-error``).
+#: ``timeout``: no answer in the try's time (Envoy retries it under ``reset``/``gateway-error``).
 Failure = Literal["connect-failure", "reset", "timeout"]
 
 
