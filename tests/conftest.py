@@ -232,3 +232,58 @@ def module_spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spawner]:
         yield spawner
     finally:
         spawner.close()
+
+
+# ---- outbound: fake upstreams (asgimesh.testing.FakeUpstream under real uvicorn) ----------------
+
+
+class FakeUpstreams:
+    """Real uvicorn processes serving :class:`asgimesh.testing.FakeUpstream`, started once per
+    session; each test sets the behaviours it needs and finds them reset to ``ok`` after."""
+
+    def __init__(self, spawner: Spawner) -> None:
+        self._spawner = spawner
+        self.servers: list[ServerProcess] = []
+
+    def get(self, count: int) -> list[str]:
+        """URLs of ``count`` upstreams, each answering ``ok`` with fresh counters."""
+        while len(self.servers) < count:
+            name = f"u{len(self.servers)}"
+            self.servers.append(
+                self._spawner.uvicorn(
+                    "asgimesh.testing:upstream_from_env",
+                    env={"UPSTREAM_NAME": name},
+                    extra=["--factory", "--http", "h11", "--log-level", "critical",
+                           "--timeout-graceful-shutdown", "1"],
+                )
+            )
+        for server in self.servers[:count]:
+            self.control(server.url, "ok")
+        return [server.url for server in self.servers[:count]]
+
+    @staticmethod
+    def control(url: str, behaviour: str, retry_after: str | None = None) -> None:
+        """Set the behaviour of the upstream at ``url`` and reset its counters."""
+        httpx.put(url + "/_upstream/behaviour", content=behaviour, timeout=5).raise_for_status()
+        httpx.post(url + "/_upstream/reset-stats", timeout=5).raise_for_status()
+        if retry_after is not None:
+            httpx.put(url + "/_upstream/retry-after", content=retry_after, timeout=5)
+
+    @staticmethod
+    def stats(url: str) -> dict[str, object]:
+        return dict(httpx.get(url + "/_upstream/stats", timeout=5).json())
+
+
+@pytest.fixture(scope="session")
+def _fake_upstream_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstreams]:
+    spawner = Spawner(tmp_path_factory.mktemp("upstreams"))
+    try:
+        yield FakeUpstreams(spawner)
+    finally:
+        spawner.close()
+
+
+@pytest.fixture
+def fake_upstreams(_fake_upstream_pool: FakeUpstreams) -> FakeUpstreams:
+    """Fake upstreams on loopback that a test makes fail, hang, reset or slow down."""
+    return _fake_upstream_pool

@@ -1,10 +1,19 @@
-"""Outbound: the httpx transports that handle every call a service makes."""
+"""Outbound: the httpx transports that handle every call a service makes.
+
+``AsyncMeshTransport`` and ``MeshTransport`` are drop-in httpx transports: a host that names a
+mesh service is resolved to its endpoints and called with the policy's load balancing, deadlines,
+retries (within a budget), outlier ejection, traffic split and fault injection; any other host
+passes through to httpx's own transport unchanged (and is still measured). Their errors are httpx
+errors, so code that catches those keeps working. For ``httpx2`` clients, the same transports and
+errors bound to ``httpx2`` live in :mod:`asgimesh.outbound.httpx2`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
+
+from ._lib import HttpLib
+from ._transport import AsyncMeshShell, SyncMeshShell
 
 __all__ = [
     "AsyncMeshTransport",
@@ -17,11 +26,11 @@ __all__ = [
 
 
 class NoHealthyEndpoints(httpx.ConnectError):
-    """No endpoint of the service is left to try."""
+    """No endpoint of the service is left to try (none known, or DNS gave none)."""
 
 
 class DeadlineExceeded(httpx.TimeoutException):
-    """The call's deadline passed."""
+    """The call's deadline passed: its own timeout, or the inbound request's deadline."""
 
 
 class RetryBudgetExhausted(httpx.TransportError):
@@ -32,11 +41,24 @@ class CircuitOpen(httpx.TransportError):
     """Every endpoint is ejected by outlier detection."""
 
 
-class MeshTransport:  # placeholder until issue 3's outbound path lands
-    def __init__(self, **kwargs: Any) -> None:
-        raise NotImplementedError("MeshTransport arrives with issue 3")
+_HTTPX = HttpLib(
+    httpx,
+    no_healthy_endpoints=NoHealthyEndpoints,
+    deadline_exceeded=DeadlineExceeded,
+    retry_budget_exhausted=RetryBudgetExhausted,
+    circuit_open=CircuitOpen,
+)
 
 
-class AsyncMeshTransport:  # placeholder until issue 3's outbound path lands
-    def __init__(self, **kwargs: Any) -> None:
-        raise NotImplementedError("AsyncMeshTransport arrives with issue 3")
+class AsyncMeshTransport(AsyncMeshShell, httpx.AsyncBaseTransport):
+    """The mesh's ``httpx.AsyncBaseTransport``: ``AsyncMeshTransport(runtime=None, **kwargs)``,
+    ``kwargs`` being any of ``httpx.AsyncHTTPTransport``'s."""
+
+    _lib = _HTTPX
+
+
+class MeshTransport(SyncMeshShell, httpx.BaseTransport):
+    """The mesh's ``httpx.BaseTransport``: ``MeshTransport(runtime=None, **kwargs)``, ``kwargs``
+    being any of ``httpx.HTTPTransport``'s."""
+
+    _lib = _HTTPX

@@ -5,8 +5,8 @@ unknown fields: a typo (``timout``) is a refusal with its path, not a silently i
 Durations are stored as float seconds.
 
 ``defaults`` holds concrete values (the built-in defaults unless a layer sets them); services and
-routes hold only what they override (``None`` = inherit), which :mod:`asgimesh.policy._resolve`
-folds into one concrete :class:`UpstreamConfig` per call.
+routes hold only what they override (``None`` = inherit), which :mod:`asgimesh.outbound._config`
+folds into one concrete ``CallConfig`` per service and route.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ipaddress
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .._durations import parse_duration
 
@@ -41,6 +41,7 @@ __all__ = [
     "RouteMatch",
     "ServicePolicy",
     "SplitTarget",
+    "parse_dns_target",
 ]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -209,6 +210,16 @@ class Route(_Model):
     def _weights(cls, value: tuple[SplitTarget, ...] | None) -> tuple[SplitTarget, ...] | None:
         return None if value is None else _check_split(value)
 
+    @field_validator("retries")
+    @classmethod
+    def _no_route_budget(cls, value: RetriesOverride | None) -> RetriesOverride | None:
+        if value is not None and value.budget is not None:
+            raise ValueError(
+                "expected no budget here: a retry budget is per service "
+                "(set it under the service's or the defaults' retries)"
+            )
+        return value
+
 
 class ServicePolicy(_Model):
     endpoints: tuple[str, ...] = ()
@@ -232,10 +243,23 @@ class ServicePolicy(_Model):
                 raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
         return tuple(url.rstrip("/") for url in endpoints)
 
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_dns_target(value)
+        return value
+
     @field_validator("split")
     @classmethod
     def _weights(cls, value: tuple[SplitTarget, ...]) -> tuple[SplitTarget, ...]:
         return _check_split(value)
+
+    @model_validator(mode="after")
+    def _one_discovery(self) -> ServicePolicy:
+        if self.dns is not None and self.endpoints:
+            raise ValueError("expected either endpoints or dns, not both")
+        return self
 
 
 class Defaults(_Model):
@@ -244,6 +268,24 @@ class Defaults(_Model):
     retries: Retries = Retries()
     load_balancer: LoadBalancer = "p2c_ewma"
     outlier_detection: OutlierDetection = OutlierDetection()
+
+
+def parse_dns_target(value: str) -> tuple[str, str, int]:
+    """``host:port`` or ``https://host:port`` to ``(scheme, host, port)``; ``ValueError`` else."""
+    text = value if "://" in value else f"http://{value}"
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port is None
+        or parts.path not in ("", "/")
+    ):
+        raise ValueError(f'expected "host:port" (or "https://host:port"), got {value!r}')
+    return parts.scheme, parts.hostname, port
 
 
 # ---- inbound -----------------------------------------------------------------------------------
@@ -300,3 +342,23 @@ class Policy(_Model):
     defaults: Defaults = Defaults()
     services: dict[str, ServicePolicy] = {}
     inbound: dict[str, InboundPolicy] = {}
+
+    @model_validator(mode="after")
+    def _split_targets_exist(self) -> Policy:
+        problems = []
+        for name, service in self.services.items():
+            splits = [("split", service.split)] + [
+                (f"routes.{i}.split", route.split or ()) for i, route in enumerate(service.routes)
+            ]
+            for where, split in splits:
+                for target in split:
+                    if target.service not in self.services:
+                        problems.append(
+                            f"{target.service!r} in services.{name}.{where}"
+                        )
+        if problems:
+            raise ValueError(
+                "expected split targets that are services of this policy, got "
+                + ", ".join(problems)
+            )
+        return self

@@ -1,0 +1,242 @@
+"""Policy resolution: ``defaults`` ← service ← matching route, folded into one concrete config.
+
+The policy document keeps overrides sparse (``None`` = inherit). A call must not walk three layers
+of optional fields on every request, so :func:`compile_policy` folds them once per policy version
+into frozen :class:`CallConfig` objects (one per service and per route) and :class:`BackendConfig`
+objects (what the per-service state needs: endpoints, balancer, outlier detection, budget). The
+transport recompiles only when ``runtime.policy.current`` is a different snapshot, so a policy
+change applies to the calls that start after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..policy._model import (
+    Defaults,
+    Fault,
+    OutlierDetection,
+    Policy,
+    Retries,
+    RetriesOverride,
+    RetryBudget,
+    Route,
+    ServicePolicy,
+    SplitTarget,
+)
+
+__all__ = [
+    "BackendConfig",
+    "CallConfig",
+    "CompiledPolicy",
+    "FaultConfig",
+    "ServiceRoutes",
+    "compile_policy",
+]
+
+#: RFC 9110, section 9.2.2: a retry of these cannot do what the first try did not already do.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    abort_percent: float = 0.0
+    abort_status: int = 503
+    delay_percent: float = 0.0
+    delay: float = 0.0
+
+    @classmethod
+    def of(cls, fault: Fault | None) -> FaultConfig | None:
+        if fault is None:
+            return None
+        abort, delay = fault.abort, fault.delay
+        config = cls(
+            abort_percent=abort.percent if abort else 0.0,
+            abort_status=abort.status if abort else 503,
+            delay_percent=delay.percent if delay else 0.0,
+            delay=delay.duration if delay else 0.0,
+        )
+        return config if config.abort_percent or config.delay_percent else None
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfig:
+    """Everything one call of one service and route needs, concrete (no ``None`` = inherit)."""
+
+    #: Overall timeout, all tries together; ``None`` when the policy sets 0 (no timeout).
+    timeout: float | None
+    per_try_timeout: float | None
+    #: Retries after the first try.
+    attempts: int
+    retry_connect: bool
+    retry_reset: bool
+    retry_statuses: frozenset[int]
+    backoff_base: float
+    backoff_max: float
+    #: The route's ``idempotent`` flag: ``True``/``False`` overrides the method's own semantics.
+    idempotent: bool | None
+    #: ``(service, percent)`` pairs; the rest of the traffic stays with the called service.
+    split: tuple[tuple[str, float], ...]
+    fault: FaultConfig | None
+
+    def is_idempotent(self, method: str) -> bool:
+        return self.idempotent if self.idempotent is not None else method in IDEMPOTENT_METHODS
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """What the state of one service (its endpoints and their statistics) is built from."""
+
+    name: str
+    endpoints: tuple[str, ...]
+    dns: str | None
+    load_balancer: str
+    outlier: OutlierDetection
+    budget: RetryBudget
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRoute:
+    method: str | None
+    path: str | None
+    prefix: bool
+    config: CallConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRoutes:
+    """One service's call configs: the service-wide one and one per route, first match wins."""
+
+    name: str
+    default: CallConfig
+    routes: tuple[_CompiledRoute, ...]
+
+    def config_for(self, method: str, path: str) -> CallConfig:
+        for route in self.routes:
+            if route.method is not None and route.method != method:
+                continue
+            if route.path is not None:
+                if route.prefix:
+                    if not path.startswith(route.path):
+                        continue
+                elif path != route.path:
+                    continue
+            return route.config
+        return self.default
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    services: dict[str, ServiceRoutes]
+    backends: dict[str, BackendConfig]
+
+
+def _none_if_zero(seconds: float) -> float | None:
+    """Envoy's convention: a timeout of 0 means none."""
+    return seconds if seconds > 0 else None
+
+
+def _merge_retries(base: Retries, override: RetriesOverride | None) -> Retries:
+    if override is None:
+        return base
+    backoff = base.backoff
+    if override.backoff is not None:
+        backoff = backoff.model_copy(update=override.backoff.model_dump(exclude_none=True))
+    budget = base.budget
+    if override.budget is not None:
+        budget = budget.model_copy(update=override.budget.model_dump(exclude_none=True))
+    update: dict[str, object] = {"backoff": backoff, "budget": budget}
+    if override.attempts is not None:
+        update["attempts"] = override.attempts
+    if override.on is not None:
+        update["on"] = override.on
+    return base.model_copy(update=update)
+
+
+def _call_config(
+    timeout: float,
+    per_try: float,
+    retries: Retries,
+    idempotent: bool | None,
+    split: tuple[SplitTarget, ...],
+    fault: Fault | None,
+) -> CallConfig:
+    on = retries.on
+    return CallConfig(
+        timeout=_none_if_zero(timeout),
+        per_try_timeout=_none_if_zero(per_try),
+        attempts=retries.attempts,
+        retry_connect="connect-failure" in on,
+        retry_reset="reset" in on,
+        retry_statuses=frozenset(c for c in on if isinstance(c, int)),
+        backoff_base=retries.backoff.base,
+        backoff_max=max(retries.backoff.max, retries.backoff.base),
+        idempotent=idempotent,
+        split=tuple((t.service, t.weight) for t in split if t.weight > 0),
+        fault=FaultConfig.of(fault),
+    )
+
+
+def _service_routes(name: str, defaults: Defaults, service: ServicePolicy) -> ServiceRoutes:
+    timeout = service.timeout if service.timeout is not None else defaults.timeout
+    per_try = (
+        service.per_try_timeout if service.per_try_timeout is not None else defaults.per_try_timeout
+    )
+    retries = _merge_retries(defaults.retries, service.retries)
+    default = _call_config(timeout, per_try, retries, None, service.split, service.fault)
+    return ServiceRoutes(
+        name=name,
+        default=default,
+        routes=tuple(_route(route, timeout, per_try, retries, service) for route in service.routes),
+    )
+
+
+def _route(
+    route: Route, timeout: float, per_try: float, retries: Retries, service: ServicePolicy
+) -> _CompiledRoute:
+    path = route.match.path
+    prefix = path is not None and path.endswith("*")
+    config = _call_config(
+        route.timeout if route.timeout is not None else timeout,
+        route.per_try_timeout if route.per_try_timeout is not None else per_try,
+        _merge_retries(retries, route.retries),
+        route.idempotent,
+        route.split if route.split is not None else service.split,
+        route.fault if route.fault is not None else service.fault,
+    )
+    return _CompiledRoute(
+        method=route.match.method,
+        path=path[:-1] if prefix and path is not None else path,
+        prefix=prefix,
+        config=config,
+    )
+
+
+def _backend(name: str, defaults: Defaults, service: ServicePolicy) -> BackendConfig:
+    outlier = defaults.outlier_detection
+    if service.outlier_detection is not None:
+        outlier = outlier.model_copy(
+            update=service.outlier_detection.model_dump(exclude_none=True)
+        )
+    return BackendConfig(
+        name=name,
+        endpoints=service.endpoints,
+        dns=service.dns,
+        load_balancer=service.load_balancer or defaults.load_balancer,
+        outlier=outlier,
+        budget=_merge_retries(defaults.retries, service.retries).budget,
+    )
+
+
+def compile_policy(policy: Policy) -> CompiledPolicy:
+    """Fold ``policy`` into the per-service and per-route configs calls look up."""
+    defaults = policy.defaults
+    return CompiledPolicy(
+        services={
+            name: _service_routes(name, defaults, service)
+            for name, service in policy.services.items()
+        },
+        backends={
+            name: _backend(name, defaults, service) for name, service in policy.services.items()
+        },
+    )

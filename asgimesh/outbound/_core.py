@@ -1,0 +1,110 @@
+"""The outbound core: from a request's method, host and path to a :class:`Call`, or pass-through.
+
+Holds what outlives a call: the compiled policy (recompiled only when the runtime's snapshot is a
+different object, so a policy change applies to the next call without a new client) and one
+:class:`Upstream` per service (endpoints and their statistics). Both shells own one core each;
+the clock and the random source are injected so tests drive it deterministically.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from .._context import current_context
+from .._runtime import MeshRuntime
+from ..policy import PolicySnapshot
+from ._call import Call
+from ._config import CompiledPolicy, compile_policy
+from ._traffic import choose_backend, draw_fault
+from ._upstream import Upstream, UpstreamMetrics
+
+__all__ = ["OutboundCore", "Plan"]
+
+#: Pass-through hosts measured at most: metric labels must not grow without bound.
+MAX_PASSTHROUGH_HOSTS = 1000
+
+
+class Plan:
+    """What to do with one call to a mesh service, before its first try."""
+
+    __slots__ = ("abort", "call", "delay")
+
+    def __init__(self, call: Call, delay: float, abort: int | None) -> None:
+        self.call = call
+        #: Injected fault: seconds to wait before the first try, and a status to answer instead.
+        self.delay = delay
+        self.abort = abort
+
+
+class OutboundCore:
+    def __init__(
+        self,
+        runtime: MeshRuntime,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()  # noqa: S311 - not for secrets
+        self._lock = threading.Lock()
+        self._snapshot: PolicySnapshot | None = None
+        self._compiled = CompiledPolicy({}, {})
+        self.upstreams: dict[str, Upstream] = {}
+        self._passthrough: dict[str, UpstreamMetrics] = {}
+
+    def compiled(self) -> CompiledPolicy:
+        """The compiled policy of the snapshot in force (compiled once per snapshot)."""
+        snapshot = self.runtime.policy.current
+        if snapshot is not self._snapshot:
+            with self._lock:
+                if snapshot is not self._snapshot:
+                    self._apply(snapshot)
+        return self._compiled
+
+    def _apply(self, snapshot: PolicySnapshot) -> None:
+        compiled = compile_policy(snapshot.policy)
+        now = self.clock()
+        for name, backend in compiled.backends.items():
+            upstream = self.upstreams.get(name)
+            if upstream is None:
+                self.upstreams[name] = Upstream(backend, self.runtime.metrics, self.rng, now)
+            else:
+                upstream.configure(backend, now)
+        for name in [n for n in self.upstreams if n not in compiled.backends]:
+            del self.upstreams[name]
+        self._compiled, self._snapshot = compiled, snapshot
+
+    def plan(self, method: str, host: str, path: str, *, replayable: bool) -> Plan | None:
+        """A plan for a call to ``host`` if it names a mesh service, else ``None``."""
+        compiled = self.compiled()
+        routes = compiled.services.get(host)
+        if routes is None:
+            return None
+        config = routes.config_for(method, path)
+        backend = choose_backend(host, config.split, self.rng) if config.split else host
+        upstream = self.upstreams[backend]
+        call = Call(
+            upstream,
+            config,
+            method,
+            replayable=replayable,
+            now=self.clock(),
+            rng=self.rng,
+            context=current_context(),
+        )
+        if config.fault is None:
+            return Plan(call, 0.0, None)
+        delay, abort = draw_fault(config.fault, self.rng)
+        return Plan(call, delay, abort)
+
+    def passthrough_metrics(self, host: str) -> UpstreamMetrics | None:
+        """Metric children for a host that is not a mesh service (labelled with the host)."""
+        metrics = self._passthrough.get(host)
+        if metrics is None and len(self._passthrough) < MAX_PASSTHROUGH_HOSTS:
+            metrics = UpstreamMetrics(self.runtime.metrics, host)
+            self._passthrough[host] = metrics
+        return metrics

@@ -1,0 +1,162 @@
+"""What the shells need from an httpx-like module, bound once at import.
+
+``httpx`` and its successor ``httpx2`` have the same shape but separate classes: a transport
+must build *that* module's requests and responses and raise *that* module's errors, or the
+client's ``except httpx2.ConnectError`` misses. :class:`HttpLib` gathers those classes from the
+module it is given; the transports are one code path over whichever ``HttpLib`` they are bound to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from ._call import Call
+from ._endpoint import Endpoint
+from ._retry import Failure
+from ._upstream import Refusal
+
+__all__ = ["HttpLib"]
+
+_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+
+class HttpLib:
+    """One httpx-like module and the mesh's error classes for it."""
+
+    def __init__(
+        self,
+        module: Any,
+        *,
+        no_healthy_endpoints: type[Exception],
+        deadline_exceeded: type[Exception],
+        retry_budget_exhausted: type[Exception],
+        circuit_open: type[Exception],
+    ) -> None:
+        self.module = module
+        self.Request = module.Request
+        self.Response = module.Response
+        self.URL = module.URL
+        self.ByteStream = module.ByteStream
+        self.TransportError: type[Exception] = module.TransportError
+        self.ReadTimeout: Any = module.ReadTimeout
+        self.AsyncHTTPTransport = module.AsyncHTTPTransport
+        self.HTTPTransport = module.HTTPTransport
+        self._errors: dict[str, Any] = {
+            "no-endpoints": no_healthy_endpoints,
+            "circuit-open": circuit_open,
+            "deadline": deadline_exceeded,
+            "budget": retry_budget_exhausted,
+        }
+        self._connect = (module.ConnectError, module.ConnectTimeout)
+        self._timeout = (module.ReadTimeout, module.WriteTimeout)
+        self._reset = (module.ReadError, module.WriteError, module.RemoteProtocolError)
+        probe = module.URL("http://probe/")
+        # httpx re-parses a URL to change its host (tens of microseconds); its parsed form is a
+        # NamedTuple whose ``_replace`` does the same in one. Used only where that form exists.
+        self._fast_urls = hasattr(getattr(probe, "_uri_reference", None), "_replace")
+        self.AsyncTracked, self.SyncTracked = _tracked_streams(module)
+
+    def classify(self, exc: BaseException) -> Failure | None:
+        """How a try failed, from the error the inner transport raised (``None``: not retryable
+        and not the endpoint's fault, e.g. a pool timeout or an invalid request)."""
+        if isinstance(exc, self._connect):
+            return "connect-failure"
+        if isinstance(exc, self._timeout):
+            return "timeout"
+        if isinstance(exc, self._reset):
+            return "reset"
+        return None
+
+    def refusal(self, refusal: Refusal, request: Any) -> Exception:
+        error: Exception = self._errors[refusal.kind](str(refusal), request=request)
+        return error
+
+    def per_try_timeout(self, call: Call, request: Any) -> Exception:
+        error: Exception = self.ReadTimeout(
+            f"{call.method} to {call.upstream.name!r}: no answer within the per-try timeout "
+            f"({call.config.per_try_timeout}s) on try {call.attempt}",
+            request=request,
+        )
+        return error
+
+    def fault_response(self, status: int) -> Any:
+        return self.Response(
+            status, headers=[(b"content-type", b"text/plain")], content=b"fault filter abort"
+        )
+
+    def outgoing(self, request: Any, endpoint: Endpoint, call: Call, now: float) -> Any:
+        """The request of one try: same method, path, headers and body, sent to ``endpoint``
+        with the mesh headers and the try's time limit (the ``Host`` header stays the service)."""
+        url = request.url
+        if self._fast_urls:
+            new_url = self.URL.__new__(self.URL)
+            new_url._uri_reference = url._uri_reference._replace(
+                scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port
+            )
+        else:  # pragma: no cover - an httpx without the parsed form
+            new_url = url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port)
+        headers = request.headers.copy()
+        if call.context is not None:
+            for name, value in call.trace_headers():
+                if name not in headers:
+                    headers[name] = value
+        for name, value in call.headers(now):
+            headers[name] = value
+        extensions = request.extensions
+        limit = call.limit
+        if limit is not None:
+            given: dict[str, float | None] = extensions.get("timeout") or {}
+            timeout: dict[str, float | None] = {}
+            for key in _TIMEOUT_KEYS:
+                own = given.get(key)
+                timeout[key] = limit if own is None or own > limit else own
+            extensions = {**extensions, "timeout": timeout}
+        return self.Request(
+            request.method, new_url, headers=headers, stream=request.stream, extensions=extensions
+        )
+
+
+def _tracked_streams(module: Any) -> tuple[type[Any], type[Any]]:
+    """Response streams that tell the call when the body is closed (the try is over then)."""
+
+    class AsyncTracked(module.AsyncByteStream):  # type: ignore[misc]
+        __slots__ = ("_call", "_endpoint", "_stream")
+
+        def __init__(self, stream: Any, call: Call, endpoint: Endpoint) -> None:
+            self._stream = stream
+            self._call: Call | None = call
+            self._endpoint = endpoint
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self._stream:
+                yield chunk
+
+        async def aclose(self) -> None:
+            try:
+                await self._stream.aclose()
+            finally:
+                if self._call is not None:
+                    self._call.release(self._endpoint)
+                    self._call = None
+
+    class SyncTracked(module.SyncByteStream):  # type: ignore[misc]
+        __slots__ = ("_call", "_endpoint", "_stream")
+
+        def __init__(self, stream: Any, call: Call, endpoint: Endpoint) -> None:
+            self._stream = stream
+            self._call: Call | None = call
+            self._endpoint = endpoint
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield from self._stream
+
+        def close(self) -> None:
+            try:
+                self._stream.close()
+            finally:
+                if self._call is not None:
+                    self._call.release(self._endpoint)
+                    self._call = None
+
+    return AsyncTracked, SyncTracked

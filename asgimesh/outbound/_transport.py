@@ -1,0 +1,296 @@
+"""The shells: httpx transports that run the outbound core around httpx's own transports.
+
+``AsyncMeshTransport`` and ``MeshTransport`` hand every keyword argument to one inner
+``AsyncHTTPTransport`` / ``HTTPTransport`` (``verify``, ``cert``, ``http2``, ``limits``, ``proxy``,
+``retries``, ...). One shared pool rather than one per endpoint: httpcore already keeps
+connections per origin inside a pool, ``limits`` then means what it means with plain httpx (the
+whole transport), and hosts that are not mesh services use the very same pool, so the transport
+is a drop-in in every respect. The shells only do I/O (send, sleep, resolve); every decision is
+the core's (:mod:`._call`), shared by both.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, ClassVar
+
+import anyio
+
+from .._runtime import MeshRuntime, get_runtime
+from ._call import Call
+from ._core import OutboundCore, Plan
+from ._discovery import addresses
+from ._lib import HttpLib
+from ._upstream import Refusal, Upstream
+
+__all__ = ["AsyncMeshShell", "SyncMeshShell"]
+
+#: A retried answer's body is read (so its connection returns to the pool) up to this size.
+DRAIN_LIMIT = 64 * 1024
+
+
+def _drainable(response: Any) -> bool:
+    length = response.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT
+
+
+class _Shell:
+    _lib: ClassVar[HttpLib]
+
+    def __init__(self, runtime: MeshRuntime | None) -> None:
+        self._core = OutboundCore(runtime if runtime is not None else get_runtime())
+
+    def _plan(self, request: Any) -> Plan | None:
+        return self._core.plan(
+            request.method,
+            request.url.host,
+            request.url.path,
+            replayable=isinstance(request.stream, self._lib.ByteStream),
+        )
+
+
+class AsyncMeshShell(_Shell):
+    """The async transport's behaviour; bound to an :class:`HttpLib` by a subclass."""
+
+    def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: Any) -> None:
+        self._inner = self._lib.AsyncHTTPTransport(**kwargs)
+        super().__init__(runtime)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        plan = self._plan(request)
+        if plan is None:
+            return await self._passthrough(request)
+        return await self._mesh(request, plan)
+
+    async def _passthrough(self, request: Any) -> Any:
+        core = self._core
+        metrics = core.passthrough_metrics(request.url.host)
+        if metrics is None:
+            return await self._inner.handle_async_request(request)
+        start = core.clock()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            metrics.request(request.method, "error", core.clock() - start)
+            raise
+        metrics.request(request.method, response.status_code, core.clock() - start)
+        return response
+
+    async def _mesh(self, request: Any, plan: Plan) -> Any:
+        lib, call, clock = self._lib, plan.call, self._core.clock
+        if call.upstream.dns is not None:
+            await self._resolve(call.upstream)
+        if plan.delay:
+            await self._fault_delay(call, plan.delay, request)
+        if plan.abort is not None:
+            call.finish(plan.abort, clock())
+            return lib.fault_response(plan.abort)
+        inner = self._inner
+        while True:
+            now = clock()
+            try:
+                endpoint = call.begin_try(now)
+            except Refusal as refusal:
+                call.finish("error", now)
+                raise lib.refusal(refusal, request) from None
+            outgoing = lib.outgoing(request, endpoint, call, now)
+            try:
+                if call.limit is None:
+                    response = await inner.handle_async_request(outgoing)
+                else:
+                    with anyio.fail_after(call.limit):
+                        response = await inner.handle_async_request(outgoing)
+            except (TimeoutError, lib.TransportError) as exc:
+                timed_out = isinstance(exc, TimeoutError)
+                now = clock()
+                try:
+                    delay = call.failed("timeout" if timed_out else lib.classify(exc), now)
+                except Refusal as refusal:
+                    call.finish("error", now)
+                    raise lib.refusal(refusal, request) from exc
+                if delay is None:
+                    call.finish("error", now)
+                    if timed_out:
+                        raise lib.per_try_timeout(call, request) from exc
+                    raise
+                await anyio.sleep(delay)
+                continue
+            except BaseException:
+                call.release(endpoint)
+                call.finish("error", clock())
+                raise
+            now = clock()
+            status = response.status_code
+            delay = call.answered(
+                status, response.headers.get("retry-after") if status in (429, 503) else None, now
+            )
+            if delay is None:
+                call.finish(status, now)
+                response.stream = lib.AsyncTracked(response.stream, call, endpoint)
+                return response
+            await self._discard(response, call)
+            call.release(endpoint)
+            await anyio.sleep(delay)
+
+    async def _discard(self, response: Any, call: Call) -> None:
+        """Close a retried answer; a small body is read first so the connection is reused."""
+        try:
+            if _drainable(response):
+                with anyio.move_on_after(call.limit or 1.0):
+                    await response.aread()
+        except self._lib.TransportError:
+            pass
+        finally:
+            await response.aclose()
+
+    async def _fault_delay(self, call: Call, delay: float, request: Any) -> None:
+        remaining = call.remaining(self._core.clock())
+        if remaining is not None and delay >= remaining:
+            await anyio.sleep(max(remaining, 0.0))
+            call.finish("error", self._core.clock())
+            raise self._lib.refusal(Refusal("deadline", call._deadline_message()), request)
+        await anyio.sleep(delay)
+
+    async def _resolve(self, upstream: Upstream) -> None:
+        dns, clock = upstream.dns, self._core.clock
+        assert dns is not None
+        if not dns.should_resolve(clock()):
+            return
+        try:
+            infos = await anyio.getaddrinfo(dns.host, dns.port, type=socket.SOCK_STREAM)
+        except OSError:
+            dns.failed(clock())
+            return
+        urls = dns.resolved(addresses(infos), clock())
+        if urls is not None:
+            upstream.set_endpoints(urls, clock())
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Any:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *args: Any) -> None:
+        await self._inner.__aexit__(*args)
+
+
+class SyncMeshShell(_Shell):
+    """The sync transport's behaviour. Without cancellation, a try's time limit is enforced
+    by capping each of its connect, write, read and pool timeouts (as ``requests`` does)."""
+
+    def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: Any) -> None:
+        self._inner = self._lib.HTTPTransport(**kwargs)
+        super().__init__(runtime)
+
+    def handle_request(self, request: Any) -> Any:
+        plan = self._plan(request)
+        if plan is None:
+            return self._passthrough(request)
+        return self._mesh(request, plan)
+
+    def _passthrough(self, request: Any) -> Any:
+        core = self._core
+        metrics = core.passthrough_metrics(request.url.host)
+        if metrics is None:
+            return self._inner.handle_request(request)
+        start = core.clock()
+        try:
+            response = self._inner.handle_request(request)
+        except BaseException:
+            metrics.request(request.method, "error", core.clock() - start)
+            raise
+        metrics.request(request.method, response.status_code, core.clock() - start)
+        return response
+
+    def _mesh(self, request: Any, plan: Plan) -> Any:
+        lib, call, clock = self._lib, plan.call, self._core.clock
+        if call.upstream.dns is not None:
+            self._resolve(call.upstream)
+        if plan.delay:
+            self._fault_delay(call, plan.delay, request)
+        if plan.abort is not None:
+            call.finish(plan.abort, clock())
+            return lib.fault_response(plan.abort)
+        inner = self._inner
+        while True:
+            now = clock()
+            try:
+                endpoint = call.begin_try(now)
+            except Refusal as refusal:
+                call.finish("error", now)
+                raise lib.refusal(refusal, request) from None
+            outgoing = lib.outgoing(request, endpoint, call, now)
+            try:
+                response = inner.handle_request(outgoing)
+            except lib.TransportError as exc:
+                now = clock()
+                try:
+                    delay = call.failed(lib.classify(exc), now)
+                except Refusal as refusal:
+                    call.finish("error", now)
+                    raise lib.refusal(refusal, request) from exc
+                if delay is None:
+                    call.finish("error", now)
+                    raise
+                time.sleep(delay)
+                continue
+            except BaseException:
+                call.release(endpoint)
+                call.finish("error", clock())
+                raise
+            now = clock()
+            status = response.status_code
+            delay = call.answered(
+                status, response.headers.get("retry-after") if status in (429, 503) else None, now
+            )
+            if delay is None:
+                call.finish(status, now)
+                response.stream = lib.SyncTracked(response.stream, call, endpoint)
+                return response
+            self._discard(response)
+            call.release(endpoint)
+            time.sleep(delay)
+
+    def _discard(self, response: Any) -> None:
+        try:
+            if _drainable(response):
+                response.read()
+        except self._lib.TransportError:
+            pass
+        finally:
+            response.close()
+
+    def _fault_delay(self, call: Call, delay: float, request: Any) -> None:
+        remaining = call.remaining(self._core.clock())
+        if remaining is not None and delay >= remaining:
+            time.sleep(max(remaining, 0.0))
+            call.finish("error", self._core.clock())
+            raise self._lib.refusal(Refusal("deadline", call._deadline_message()), request)
+        time.sleep(delay)
+
+    def _resolve(self, upstream: Upstream) -> None:
+        dns, clock = upstream.dns, self._core.clock
+        assert dns is not None
+        if not dns.should_resolve(clock()):
+            return
+        try:
+            infos = socket.getaddrinfo(dns.host, dns.port, type=socket.SOCK_STREAM)
+        except OSError:
+            dns.failed(clock())
+            return
+        urls = dns.resolved(addresses(infos), clock())
+        if urls is not None:
+            upstream.set_endpoints(urls, clock())
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> Any:
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self._inner.__exit__(*args)

@@ -1,0 +1,172 @@
+"""The live state of one service: its endpoints, balancer, outlier detection, budget, metrics.
+
+It outlives policy versions: a new policy reconfigures it in place, and endpoints that stay keep
+what was learnt about them (latency, ejections), so a policy push does not reset the balancer.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Collection
+from typing import Any
+
+from ..telemetry import MeshMetrics
+from ._balancer import Balancer, make_balancer
+from ._config import BackendConfig
+from ._discovery import DnsRecords
+from ._endpoint import Endpoint
+from ._outlier import OutlierRules, record_failure, record_success, return_due
+from ._retry import RetryBudget
+
+__all__ = ["Refusal", "Upstream", "UpstreamMetrics"]
+
+
+class Refusal(Exception):  # noqa: N818 - a decision, not an error: shells turn it into one
+    """A call the mesh refuses before or between tries; the shell raises its httpx error."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        #: ``no-endpoints``, ``circuit-open``, ``deadline`` or ``budget``.
+        self.kind = kind
+        super().__init__(message)
+
+
+class UpstreamMetrics:
+    """The metric children of one upstream label, created once instead of on every call."""
+
+    __slots__ = ("_ejections", "_metrics", "_requests", "_retries", "duration", "upstream")
+
+    def __init__(self, metrics: MeshMetrics, upstream: str) -> None:
+        self._metrics = metrics
+        self.upstream = upstream
+        self._requests: dict[tuple[str, int | str], Any] = {}
+        self._retries: dict[str, Any] = {}
+        self._ejections: Any = None
+        self.duration = metrics.outbound_duration.labels(metrics.service, upstream)
+
+    def request(self, method: str, status: int | str, seconds: float) -> None:
+        key = (method, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._metrics.outbound_requests.labels(
+                self._metrics.service, self.upstream, method, str(status)
+            )
+            self._requests[key] = child
+        child.inc()
+        self.duration.observe(seconds)
+
+    def retry(self, reason: str) -> None:
+        child = self._retries.get(reason)
+        if child is None:
+            child = self._metrics.outbound_retries.labels(
+                self._metrics.service, self.upstream, reason
+            )
+            self._retries[reason] = child
+        child.inc()
+
+    def ejection(self) -> None:
+        if self._ejections is None:
+            self._ejections = self._metrics.outbound_ejections.labels(
+                self._metrics.service, self.upstream
+            )
+        self._ejections.inc()
+
+
+class Upstream:
+    """One service's endpoints and everything the mesh keeps about them."""
+
+    def __init__(
+        self, config: BackendConfig, metrics: MeshMetrics, rng: random.Random, now: float
+    ) -> None:
+        self.name = config.name
+        self.metrics = UpstreamMetrics(metrics, config.name)
+        self._rng = rng
+        self._lock = threading.Lock()
+        self.endpoints: list[Endpoint] = []
+        #: Endpoints tries may go to (not ejected), and those ejected.
+        self.available: list[Endpoint] = []
+        self.ejected: list[Endpoint] = []
+        self._next_return = float("inf")
+        self.config = config
+        self.rules = OutlierRules.of(config.outlier)
+        self.balancer: Balancer = make_balancer(config.load_balancer, rng)
+        budget = config.budget
+        self.budget = RetryBudget(budget.ratio, budget.min_per_second, budget.ttl, now)
+        self.dns = DnsRecords(config.dns) if config.dns else None
+        self.set_endpoints(config.endpoints, now)
+
+    def configure(self, config: BackendConfig, now: float) -> None:
+        """Apply a new policy version's view of this service."""
+        if config == self.config:
+            return
+        old, self.config = self.config, config
+        self.rules = OutlierRules.of(config.outlier)
+        if config.load_balancer != old.load_balancer:
+            self.balancer = make_balancer(config.load_balancer, self._rng)
+        budget = config.budget
+        self.budget.configure(budget.ratio, budget.min_per_second, budget.ttl, now)
+        if config.dns != old.dns:
+            self.dns = DnsRecords(config.dns) if config.dns else None
+        if not config.dns:
+            self.set_endpoints(config.endpoints, now)
+
+    def set_endpoints(self, urls: Collection[str], now: float) -> None:
+        """Replace the endpoint set; endpoints that stay keep their statistics."""
+        with self._lock:
+            known = {e.url: e for e in self.endpoints}
+            self.endpoints = [known.get(url) or Endpoint(url, now) for url in dict.fromkeys(urls)]
+            self._regroup()
+
+    def _regroup(self) -> None:
+        self.available = [e for e in self.endpoints if not e.ejected_until]
+        self.ejected = [e for e in self.endpoints if e.ejected_until]
+        self._next_return = min((e.ejected_until for e in self.ejected), default=float("inf"))
+
+    def pick(self, now: float, exclude: Collection[Endpoint] = ()) -> Endpoint:
+        """The endpoint for the next try; :class:`Refusal` when there is none to try."""
+        if now >= self._next_return:
+            with self._lock:
+                if return_due(self.ejected, now):
+                    self._regroup()
+        available = self.available
+        if not available:
+            if self.endpoints:
+                raise Refusal(
+                    "circuit-open",
+                    f"every endpoint of {self.name!r} is ejected by outlier detection",
+                )
+            where = f"dns {self.config.dns}" if self.config.dns else "the policy"
+            raise Refusal("no-endpoints", f"service {self.name!r} has no endpoints in {where}")
+        return self.balancer.pick(available, now, exclude)
+
+    def succeeded(self, endpoint: Endpoint, rtt: float, now: float) -> None:
+        endpoint.observe(rtt, now)
+        if endpoint.failures or endpoint.probing or endpoint.times_ejected:
+            record_success(endpoint, self.rules, now)
+
+    def failed(self, endpoint: Endpoint, rtt: float, penalty: float, now: float) -> None:
+        """A try failed: outlier detection counts it, and the balancer is told to steer away.
+
+        A fast failure must not look like a fast endpoint (a replica answering 503 at once would
+        otherwise draw ever more traffic): the try counts as a latency of at least ``penalty``
+        (the per-try timeout: a failure is as bad as the slowest acceptable answer) and at least
+        twice the current cost of the costliest other endpoint, so that even under load, when
+        queues make the healthy endpoints' costs exceed ``penalty``, it is picked again only
+        once that decays. The second bound is capped at ten penalties so that endpoints that all
+        fail cannot ratchet each other up without limit.
+        """
+        worst = 0.0
+        for peer in self.available:
+            if peer is not endpoint:
+                cost = peer.cost(now)
+                if cost > worst:
+                    worst = cost
+        endpoint.observe(max(rtt, penalty, min(2.0 * worst, 10.0 * penalty)), now)
+        with self._lock:
+            if endpoint.ejected_until:
+                return
+            if record_failure(
+                endpoint, self.rules, now, len(self.endpoints), len(self.ejected)
+            ):
+                self._regroup()
+                self.metrics.ejection()

@@ -1,0 +1,311 @@
+"""Outbound benchmarks: resilience (mesh vs plain httpx vs httpx + tenacity) and overhead.
+
+Resilience: one service, three replicas — one answers 503 to half its requests, one refuses
+connections, one is healthy. 20 000 GETs at a fixed concurrency go through the mesh
+(``AsyncMeshTransport``, default policy), through plain httpx (round robin over the three URLs,
+as a client without a mesh would), and through httpx with tenacity retries (3 attempts,
+exponential backoff with jitter, next replica on each attempt). For each: success rate, extra
+requests caused by retries (% of calls), p50/p99 latency, and p99 against the healthy replica's
+own p99 (plain httpx to that replica alone, same concurrency).
+
+Overhead: calls per second through ``AsyncMeshTransport`` (one service, three healthy replicas)
+against plain ``httpx.AsyncHTTPTransport`` to the same servers (round robin), alternating rounds,
+medians.
+
+Run: ``bash bench/run.sh outbound``. Every call's status is checked and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _report import median, write_section
+
+from asgimesh import AsyncMeshTransport, MeshRuntime, MeshSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+CALLS = int(os.environ.get("BENCH_OUTBOUND_CALLS", "20000"))
+CONCURRENCY = int(os.environ.get("BENCH_OUTBOUND_CONCURRENCY", "32"))
+OVERHEAD_CALLS = int(os.environ.get("BENCH_OUTBOUND_OVERHEAD_CALLS", "4000"))
+ROUNDS = int(os.environ.get("BENCH_OUTBOUND_ROUNDS", "5"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Upstream:
+    """A FakeUpstream under a real uvicorn process on loopback."""
+
+    def __init__(self, behaviour: str, name: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "UPSTREAM_BEHAVIOUR": behaviour, "UPSTREAM_NAME": name,
+               "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "asgimesh.testing:upstream_from_env", "--factory",
+             "--http", "h11", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "critical", "--no-access-log"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.url + "/_upstream/stats", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"upstream {name} did not start")
+
+    def stats(self) -> dict[str, object]:
+        return dict(httpx.get(self.url + "/_upstream/stats", timeout=5).json())
+
+    def reset(self) -> None:
+        httpx.post(self.url + "/_upstream/reset-stats", timeout=5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+Call = Callable[[], Awaitable[int | str]]
+
+
+async def drive(
+    call: Call, calls: int, concurrency: int
+) -> tuple[Counter[int | str], list[float], float]:
+    """``calls`` calls, ``concurrency`` at a time: statuses, latencies (s), wall time (s)."""
+    statuses: Counter[int | str] = Counter()
+    latencies: list[float] = []
+    remaining = itertools.count()
+
+    async def worker() -> None:
+        while next(remaining) < calls:
+            start = time.perf_counter()
+            try:
+                status = await call()
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            latencies.append(time.perf_counter() - start)
+            statuses[status] += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    assert sum(statuses.values()) == calls, statuses
+    return statuses, latencies, wall
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def mesh_runtime(urls: list[str]) -> MeshRuntime:
+    policy = {"services": {"pay": {"endpoints": urls}}}
+    return MeshRuntime(MeshSettings(service="bench", policy=json.dumps(policy)), start=False)
+
+
+def retries_total(runtime: MeshRuntime) -> float:
+    total = 0.0
+    for metric in runtime.metrics.outbound_retries.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total"):
+                total += s.value
+    return total
+
+
+async def resilience() -> str:
+    flaky = Upstream("flaky:50:503", "flaky")
+    healthy = Upstream("ok", "healthy")
+    refusing = f"http://127.0.0.1:{free_port()}"
+    urls = [flaky.url, refusing, healthy.url]
+    rows = []
+    try:
+        # The healthy replica alone: the latency a caller could hope for.
+        async with httpx.AsyncClient() as client:
+            async def alone() -> int:
+                return (await client.get(healthy.url + "/")).status_code
+            statuses, lat, _ = await drive(alone, CALLS, CONCURRENCY)
+            assert statuses == Counter({200: CALLS}), statuses
+            healthy_p99 = pct(lat, 0.99)
+            healthy_p50 = pct(lat, 0.50)
+
+        # Plain httpx: round robin over the three replicas, no retries.
+        for u in (flaky, healthy):
+            u.reset()
+        rr = itertools.cycle(urls)
+        async with httpx.AsyncClient() as client:
+            async def plain() -> int:
+                return (await client.get(next(rr) + "/")).status_code
+            statuses, lat, _ = await drive(plain, CALLS, CONCURRENCY)
+        rows.append(("plain httpx", statuses, lat, 0))
+
+        # httpx + tenacity: 3 attempts, exponential backoff with jitter, next replica each time.
+        for u in (flaky, healthy):
+            u.reset()
+        rr = itertools.cycle(urls)
+        extra = 0
+        async with httpx.AsyncClient() as client:
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(3),
+                wait=wait_random_exponential(multiplier=0.025, max=0.25),
+                retry=retry_if_exception_type(httpx.TransportError)
+                | retry_if_result(lambda r: r.status_code >= 500),
+                # Out of attempts: the last answer, or the last error raised again.
+                retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+            )
+
+            async def tenacity_call() -> int:
+                nonlocal extra
+                tries = 0
+
+                async def once() -> httpx.Response:
+                    nonlocal tries
+                    tries += 1
+                    return await client.get(next(rr) + "/")
+
+                try:
+                    response = await retrying(once)
+                finally:
+                    extra += tries - 1
+                return response.status_code
+
+            statuses, lat, _ = await drive(tenacity_call, CALLS, CONCURRENCY)
+        rows.append(("httpx + tenacity", statuses, lat, extra))
+
+        # The mesh, default policy.
+        for u in (flaky, healthy):
+            u.reset()
+        runtime = mesh_runtime(urls)
+        async with httpx.AsyncClient(transport=AsyncMeshTransport(runtime=runtime)) as client:
+            async def mesh() -> int:
+                return (await client.get("http://pay/")).status_code
+            statuses, lat, _ = await drive(mesh, CALLS, CONCURRENCY)
+        retries = int(retries_total(runtime))
+        received = int(flaky.stats()["requests"]) + int(healthy.stats()["requests"])  # type: ignore[call-overload]
+        # Every try either reached an upstream or failed to connect to the refusing one.
+        assert received <= CALLS + retries, (received, retries)
+        rows.append(("asgimesh", statuses, lat, retries))
+    finally:
+        flaky.stop()
+        healthy.stop()
+
+    lines = [
+        "### Resilience: one service, three replicas (50% 503s / refusing connections / healthy)",
+        "",
+        f"{CALLS} GETs per client at concurrency {CONCURRENCY}; the healthy replica alone "
+        f"(plain httpx): p50 {healthy_p50 * 1000:.1f} ms, p99 {healthy_p99 * 1000:.1f} ms.",
+        "",
+        "| client | success | extra requests from retries | p50 | p99 | p99 / healthy p99 "
+        "| failures |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, statuses, lat, extra in rows:
+        ok = statuses.get(200, 0)
+        failures = ", ".join(
+            f"{k}: {v}" for k, v in sorted(statuses.items(), key=str) if k != 200
+        ) or "none"
+        lines.append(
+            f"| {name} | {ok / CALLS * 100:.2f}% | {extra / CALLS * 100:.1f}% | "
+            f"{pct(lat, 0.5) * 1000:.1f} ms | {pct(lat, 0.99) * 1000:.1f} ms | "
+            f"{pct(lat, 0.99) / healthy_p99:.2f}x | {failures} |"
+        )
+    _, mesh_statuses, mesh_lat, mesh_extra = rows[-1]
+    lines += [
+        "",
+        "Targets (issue 3): mesh success >= 99.9% "
+        f"(got {mesh_statuses.get(200, 0) / CALLS * 100:.2f}%), "
+        f"extra requests <= 25% (got {mesh_extra / CALLS * 100:.1f}%), "
+        f"p99 within 2x the healthy replica's (got {pct(mesh_lat, 0.99) / healthy_p99:.2f}x).",
+    ]
+    return "\n".join(lines)
+
+
+async def overhead() -> str:
+    replicas = [Upstream("ok", f"r{i}") for i in range(3)]
+    urls = [r.url for r in replicas]
+    plain_rates: list[float] = []
+    mesh_rates: list[float] = []
+    try:
+        runtime = mesh_runtime(urls)
+        async with (
+            httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as plain_client,
+            httpx.AsyncClient(transport=AsyncMeshTransport(runtime=runtime)) as mesh_client,
+        ):
+            rr = itertools.cycle(urls)
+
+            async def plain() -> int:
+                return (await plain_client.get(next(rr) + "/")).status_code
+
+            async def mesh() -> int:
+                return (await mesh_client.get("http://pay/")).status_code
+
+            # Warm both pools up, then alternate rounds so that drift hits both alike.
+            await drive(plain, 500, CONCURRENCY)
+            await drive(mesh, 500, CONCURRENCY)
+            for _ in range(ROUNDS):
+                for call, rates in ((plain, plain_rates), (mesh, mesh_rates)):
+                    statuses, _, wall = await drive(call, OVERHEAD_CALLS, CONCURRENCY)
+                    assert statuses == Counter({200: OVERHEAD_CALLS}), statuses
+                    rates.append(OVERHEAD_CALLS / wall)
+    finally:
+        for r in replicas:
+            r.stop()
+    ratio = median(mesh_rates) / median(plain_rates)
+    return "\n".join([
+        "### Overhead: one service, three healthy replicas",
+        "",
+        f"{ROUNDS} alternating rounds of {OVERHEAD_CALLS} GETs at concurrency {CONCURRENCY}; "
+        "medians (each round's calls/s in brackets).",
+        "",
+        "| client | calls/s |",
+        "| --- | ---: |",
+        f"| plain `httpx.AsyncHTTPTransport` (round robin) | {median(plain_rates):,.0f} "
+        f"({', '.join(f'{r:,.0f}' for r in plain_rates)}) |",
+        f"| `AsyncMeshTransport` (p2c_ewma) | {median(mesh_rates):,.0f} "
+        f"({', '.join(f'{r:,.0f}' for r in mesh_rates)}) |",
+        "",
+        f"Mesh / plain: **{ratio * 100:.1f}%** (target >= 90%).",
+    ])
+
+
+async def main() -> None:
+    sections = []
+    for name, bench in (("resilience", resilience), ("overhead", overhead)):
+        print(f"-- {name}", flush=True)
+        start = time.perf_counter()
+        text = await bench()
+        print(text, flush=True)
+        print(f"({time.perf_counter() - start:.0f}s)", flush=True)
+        sections.append(text)
+    body = "## Outbound (issue 3)\n\n" + "\n\n".join(sections)
+    write_section("outbound", body, "bash bench/run.sh outbound")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
