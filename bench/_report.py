@@ -24,7 +24,8 @@ def median(values: Sequence[float]) -> float:
 def machine() -> str:
     import os
 
-    return f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}"
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{python}, {os.cpu_count()} cores, {platform.machine()}"
 
 
 def write_section(name: str, body: str, command: str) -> None:
@@ -35,7 +36,8 @@ def write_section(name: str, body: str, command: str) -> None:
         f"Command: `{command}` — {stamp}, {machine()}.\n<!-- /bench:{name} -->"
     )
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    fence = re.escape(name)
+    pattern = re.compile(rf"<!-- bench:{fence} -->.*?<!-- /bench:{fence} -->", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:

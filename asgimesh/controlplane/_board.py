@@ -38,9 +38,9 @@ class VersionBoard:
         changed.set()
         return True
 
-    async def wait_newer(self, after: int, timeout: float) -> PolicyRecord | None:
-        """The current record once its version exceeds ``after``; ``None`` after ``timeout``."""
-        with anyio.move_on_after(timeout):
+    async def wait_newer(self, after: int, wait: float) -> PolicyRecord | None:
+        """The current record once its version exceeds ``after``; ``None`` after ``wait`` s."""
+        with anyio.move_on_after(wait):
             while True:
                 record = self.record
                 if record is not None and record.version > after:

@@ -79,7 +79,11 @@ class EtcdClient:
             body["sort_target"] = "KEY"
         data = await self.call("/v3/kv/range", body)
         kvs = [
-            (_unb64(kv["key"]).decode(), _unb64(kv.get("value", "")), int(kv.get("mod_revision", 0)))
+            (
+                _unb64(kv["key"]).decode(),
+                _unb64(kv.get("value", "")),
+                int(kv.get("mod_revision", 0)),
+            )
             for kv in data.get("kvs", [])
         ]
         return kvs, int(data.get("header", {}).get("revision", 0))
@@ -244,8 +248,13 @@ class EtcdStore:
                 await self.etcd.delete(key)
         return fresh
 
+    async def read_bootstrap(self, name: str) -> str | None:
+        """A value :meth:`bootstrap_secret` stored (services read the trust bundle this way)."""
+        kvs, _ = await self.etcd.range(f"{self.prefix}/bootstrap/{name}")
+        return kvs[0][1].decode() if kvs else None
+
     async def bootstrap_secret(self, name: str, value: str) -> str:
-        key = f"{self.prefix}/secrets/{name}"
+        key = f"{self.prefix}/bootstrap/{name}"
         await self.etcd.txn([self.etcd.unchanged_since(key, 0)], [(key, value)])
         kvs, _ = await self.etcd.range(key)
         return kvs[0][1].decode()

@@ -26,6 +26,14 @@ log = structlog.get_logger("asgimesh.controlplane")
 
 
 async def load_keys(store: Store, state_dir: Path, trust_domain: str) -> MeshCA:
+    ca = await _load_or_create(store, state_dir, trust_domain)
+    if store.shared:
+        # Public, for services that read policy straight from etcd (``MESH_CONFIG=etcd://``).
+        await store.bootstrap_secret("trust-bundle", ca.bundle_pem().decode())
+    return ca
+
+
+async def _load_or_create(store: Store, state_dir: Path, trust_domain: str) -> MeshCA:
     ca = await anyio.to_thread.run_sync(MeshCA.load, trust_domain, state_dir)
     if ca is not None:
         log.info("mesh_ca_loaded", where=str(state_dir))

@@ -115,7 +115,9 @@ class ControlPlane:
             latest = await self.store.latest()
             if latest is not None:
                 self.board.publish(latest)
-            log.info("control_plane_ready", store=self.store.description, version=self.board.version)
+            log.info(
+                "control_plane_ready", store=self.store.description, version=self.board.version
+            )
             async with anyio.create_task_group() as tasks:
                 if self.store.shared:
                     tasks.start_soon(self._follow)
@@ -135,7 +137,9 @@ class ControlPlane:
     def _bearer(self, request: Request) -> str:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized", "expected an 'Authorization: Bearer <token>' header")
+            raise ApiError(
+                401, "unauthorized", "expected an 'Authorization: Bearer <token>' header"
+            )
         return token.strip()
 
     def _is_admin(self, token: str) -> bool:
@@ -204,9 +208,10 @@ class ControlPlane:
                 raise ApiError(404, "no_policy", "no policy version has been stored yet")
             if request.headers.get("if-none-match") == f'"{self.board.version}"':
                 return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
-        elif self.board.version <= after:
-            if wait <= 0 or await self.board.wait_newer(after, wait) is None:
-                return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
+        elif self.board.version <= after and (
+            wait <= 0 or await self.board.wait_newer(after, wait) is None
+        ):
+            return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
         version, body = self.board.version, self.board.body
         return Response(
             body,
