@@ -112,9 +112,7 @@ def parse_source_url(url: str) -> SourceOptions:
 class Backoff:
     """Capped exponential backoff with full jitter (the AWS architecture blog's variant)."""
 
-    def __init__(
-        self, base: float, cap: float, rand: Callable[[], float] = random.random
-    ) -> None:
+    def __init__(self, base: float, cap: float, rand: Callable[[], float] = random.random) -> None:
         self.base, self.cap, self._rand = base, cap, rand
         self.failures = 0
 

@@ -65,7 +65,12 @@ class EtcdClient:
         return data
 
     async def range(
-        self, key: str, *, prefix: bool = False, start: str | None = None, limit: int = 0,
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        start: str | None = None,
+        limit: int = 0,
         descending: bool = False,
     ) -> tuple[list[tuple[str, bytes, int]], int]:
         """``[(key, value, mod_revision)]`` and the store revision of the answer."""
@@ -94,15 +99,11 @@ class EtcdClient:
     async def delete(self, key: str) -> None:
         await self.call("/v3/kv/deleterange", {"key": _b64(key)})
 
-    async def txn(
-        self, compare: list[dict[str, Any]], puts: list[tuple[str, str | bytes]]
-    ) -> bool:
+    async def txn(self, compare: list[dict[str, Any]], puts: list[tuple[str, str | bytes]]) -> bool:
         """Write ``puts`` if every ``compare`` holds; whether it did."""
         body = {
             "compare": compare,
-            "success": [
-                {"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts
-            ],
+            "success": [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts],
         }
         data = await self.call("/v3/kv/txn", body)
         return bool(data.get("succeeded", False))

@@ -135,9 +135,7 @@ class MeshCA:
             )
             .add_extension(
                 x509.NameConstraints(
-                    permitted_subtrees=[
-                        x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")
-                    ],
+                    permitted_subtrees=[x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")],
                     excluded_subtrees=None,
                 ),
                 critical=False,
