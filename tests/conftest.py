@@ -222,3 +222,54 @@ def spawn(tmp_path: Path) -> Iterator[Spawner]:
         yield spawner
     finally:
         spawner.close()
+
+
+class Etcd:
+    """A real single-member etcd on loopback ports of its own, data in the test's temp dir.
+
+    :meth:`stop` and :meth:`start` again keep the ports and the data, as an etcd restart would.
+    """
+
+    def __init__(self, spawner: Spawner, data_dir: Path) -> None:
+        self._spawner = spawner
+        self.data_dir = data_dir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.client_port}"
+        self.url = f"etcd://127.0.0.1:{self.client_port}"
+        self.process: ServerProcess | None = None
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.process = self._spawner.start(
+            [
+                "etcd",
+                "--name=test",
+                f"--data-dir={self.data_dir}",
+                f"--listen-client-urls={self.endpoint}",
+                f"--advertise-client-urls={self.endpoint}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=test={peer}",
+                "--log-level=error",
+            ],
+            port=self.client_port,
+            ready_path="/version",
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+@pytest.fixture
+def etcd(spawn: Spawner, tmp_path: Path) -> Etcd:
+    """A running etcd (``etcd.url`` is ``etcd://127.0.0.1:PORT``); skipped without the binary."""
+    import shutil
+
+    if shutil.which("etcd") is None:
+        pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
+    server = Etcd(spawn, tmp_path / "etcd")
+    server.start()
+    return server
