@@ -2,9 +2,9 @@ import math
 
 import pytest
 
+from asgimesh import ConfigError
 from asgimesh.controlplane._client import Backoff, parse_source_url
 from asgimesh.controlplane._golden import Reading, golden, quantile, read_registry, roll_up
-from asgimesh import ConfigError
 from asgimesh.telemetry import MeshMetrics
 
 INF = math.inf

@@ -123,9 +123,12 @@ async def test_bad_query_parameters_are_400(tmp_path: Path) -> None:
 async def test_long_poll_answers_the_moment_a_version_lands(tmp_path: Path) -> None:
     async with plane(tmp_path) as cp:
         answers: list[httpx.Response] = []
+        all_in = anyio.Event()
 
         async def poll() -> None:
             answers.append(await cp.get("/v1/policy?after=0&wait=20"))
+            if len(answers) == 5:
+                all_in.set()
 
         async with anyio.create_task_group() as tasks:
             for _ in range(5):
@@ -134,8 +137,7 @@ async def test_long_poll_answers_the_moment_a_version_lands(tmp_path: Path) -> N
             assert answers == []
             with anyio.fail_after(2):  # far less than the 20 s wait
                 await cp.put("/v1/policy", json={}, headers=ADMIN)
-                while len(answers) < 5:
-                    await anyio.sleep(0.01)
+                await all_in.wait()
         assert {a.status_code for a in answers} == {200}
         assert {a.json()["version"] for a in answers} == {1}
         with anyio.fail_after(2):
