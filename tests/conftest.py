@@ -273,3 +273,46 @@ def etcd(spawn: Spawner, tmp_path: Path) -> Etcd:
     server = Etcd(spawn, tmp_path / "etcd")
     server.start()
     return server
+
+
+class ControlPlaneStarter:
+    """Starts real ``asgimesh control-plane`` processes; ``start()`` returns the process, whose
+    ``url`` is the control plane's and whose ``admin_token`` opens its admin calls."""
+
+    admin_token = "test-admin-token"
+
+    def __init__(self, spawner: Spawner, tmp_path: Path) -> None:
+        self._spawner = spawner
+        self._tmp_path = tmp_path
+        self._count = 0
+
+    def start(
+        self,
+        *extra: str,
+        store: str | None = None,
+        state_dir: Path | None = None,
+        port: int | None = None,
+    ) -> ServerProcess:
+        self._count += 1
+        state = state_dir or self._tmp_path / f"cp{self._count}"
+        args = [
+            sys.executable,
+            "-m",
+            "asgimesh",
+            "control-plane",
+            "--port",
+            "{port}",
+            "--state-dir",
+            str(state),
+            "--admin-token",
+            self.admin_token,
+            *(["--store", store] if store else []),
+            *extra,
+        ]
+        return self._spawner.start(args, port=port, ready_path="/v1/trust-bundle")
+
+
+@pytest.fixture
+def control_plane_process(spawn: Spawner, tmp_path: Path) -> ControlPlaneStarter:
+    """Start real control-plane processes (SQLite in the test's temp dir unless ``store=``)."""
+    return ControlPlaneStarter(spawn, tmp_path)

@@ -89,7 +89,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="warning",
         lifespan="on",
-        timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=1,
     )
     return 0
 

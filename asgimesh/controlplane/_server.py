@@ -209,7 +209,7 @@ class ControlPlane:
             if request.headers.get("if-none-match") == f'"{self.board.version}"':
                 return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
         elif self.board.version <= after and (
-            wait <= 0 or await self.board.wait_newer(after, wait) is None
+            wait <= 0 or await self._wait_newer(request, after, wait) is None
         ):
             return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
         version, body = self.board.version, self.board.body
@@ -218,6 +218,24 @@ class ControlPlane:
             media_type="application/json",
             headers={"etag": f'"{version}"', "cache-control": "no-cache"},
         )
+
+    async def _wait_newer(self, request: Request, after: int, wait: float) -> PolicyRecord | None:
+        """Park until a newer version or ``wait`` passes; give up early if the client leaves,
+        so a watcher that went away holds nothing here until its wait would have ended."""
+        assert self.board is not None
+        board = self.board
+        found: PolicyRecord | None = None
+        async with anyio.create_task_group() as tasks:
+
+            async def until_disconnect() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(until_disconnect)
+            found = await board.wait_newer(after, wait)
+            tasks.cancel_scope.cancel()
+        return found
 
     async def put_policy(self, request: Request) -> Response:
         self.require_admin(request)
