@@ -14,7 +14,6 @@ from starlette.routing import Route
 from asgimesh import MeshRuntime, MeshSettings
 from asgimesh.identity import MeshCA
 from asgimesh.testing import control_plane, serve_in_thread
-
 from tests.conftest import free_port
 
 ADMIN = {"authorization": "Bearer test-admin-token"}
@@ -108,14 +107,16 @@ def test_a_tampered_version_is_refused_logged_and_counted(tmp_path: Path) -> Non
         )
 
         async def policy(request: Request) -> Response:
-            envelope = httpx.get(cp.url + "/v1/policy").json()
+            async with httpx.AsyncClient() as client:
+                envelope = (await client.get(cp.url + "/v1/policy")).json()
             if int(request.query_params.get("after", 0)) >= envelope["version"]:
                 return Response(status_code=304)
             envelope["policy"]["defaults"]["timeout"] = "60s"  # a man in the middle
             return JSONResponse(envelope)
 
         async def bundle(request: Request) -> Response:
-            return Response(httpx.get(cp.url + "/v1/trust-bundle").content)
+            async with httpx.AsyncClient() as client:
+                return Response((await client.get(cp.url + "/v1/trust-bundle")).content)
 
         evil = Starlette(routes=[Route("/v1/policy", policy), Route("/v1/trust-bundle", bundle)])
         with serve_in_thread(evil) as server:
