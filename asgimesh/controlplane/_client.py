@@ -42,6 +42,7 @@ from ..identity import load_bundle
 from ._etcd import EtcdError, EtcdStore
 from ._golden import Reading, golden, read_registry
 from ._signing import SignatureError, verify_policy
+from ._tls import tls_context
 
 if TYPE_CHECKING:
     from .._runtime import MeshRuntime
@@ -150,6 +151,7 @@ class HttpFeed:
             base_url=options.base_url,
             headers=headers,
             timeout=httpx.Timeout(5.0, read=LONG_POLL + 10.0),
+            verify=tls_context(),
         )
         self._token = token
 

@@ -22,6 +22,7 @@ import httpx
 import structlog
 
 from ._store import PolicyRecord
+from ._tls import tls_context
 
 __all__ = ["EtcdClient", "EtcdError", "EtcdStore", "prefix_end"]
 
@@ -52,7 +53,7 @@ class EtcdClient:
 
     def __init__(self, endpoint: str, *, timeout: float = 5.0) -> None:
         self.endpoint = endpoint
-        self._http = httpx.AsyncClient(base_url=endpoint, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=endpoint, timeout=timeout, verify=tls_context())
 
     async def aclose(self) -> None:
         await self._http.aclose()
