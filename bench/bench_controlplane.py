@@ -1,16 +1,16 @@
-"""Policy propagation: from ``PUT /v1/policy`` returning to the last watching service holding
-the new version.
+"""Policy propagation: from ``PUT /v1/policy`` returning to the last watching service holding the
+new version.
 
 Each watcher is a real :class:`asgimesh.MeshRuntime` following the control plane with the
 service's own watch code (``ControlPlaneSource._watch``: long poll, signature verified against
 the trust bundle, policy validated and swapped in). A service runs one such watch on a thread of
 its own; here the watches of one worker process share one event loop instead of 50 threads, so
 that the figure measures the control plane and the client, not 50 threads queueing for one GIL
-(which no real deployment has). Watchers are spread over a few worker processes. For the SQLite store
-one control plane serves them all; for etcd two replicas share one etcd, watchers split between
-them, and every PUT goes to the first replica, so half the watchers hear of it through etcd's
-watch. Each configuration makes 20 changes; the benchmark checks that every watcher reported
-every version (and that versions are the ones PUT returned) before it reports a figure.
+(which no real deployment has). Watchers are spread over a few worker processes. For the SQLite
+store one control plane serves them all; for etcd two replicas share one etcd, watchers split
+between them, and every PUT goes to the first replica, so half the watchers hear of it through
+etcd's watch. Each configuration makes 20 changes; the benchmark checks that every watcher
+reported every version (and that versions are the ones PUT returned) before it reports a figure.
 """
 
 from __future__ import annotations
