@@ -9,6 +9,7 @@ that want several isolated runtimes build :class:`MeshRuntime` themselves and pa
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -39,6 +40,10 @@ class PolicySource(Protocol):
         """Stop following changes."""
 
 
+def _no_hook() -> None:
+    return None
+
+
 class MeshRuntime:
     """Everything the mesh keeps per process."""
 
@@ -50,6 +55,9 @@ class MeshRuntime:
         self.policy.on_failure(self._refused)
         self.metrics.policy_version.set(self.policy.current.version)
         self.source: PolicySource | None = self._make_source()
+        #: Call once per request (inbound middleware, outbound transports): lets a config source
+        #: without background work (serverless mode) refresh. Never blocks; a no-op otherwise.
+        self.on_request: Callable[[], None] = getattr(self.source, "on_request", _no_hook)
         if self.source is not None:
             self.source.load()
             if start:
