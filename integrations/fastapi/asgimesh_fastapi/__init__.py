@@ -22,15 +22,15 @@ __all__ = ["MeshClient", "MeshContextDep", "install", "mesh_client", "mesh_conte
 
 _STATE_CLIENT = "asgimesh_client"
 _STATE_RUNTIME = "asgimesh_runtime"
+_STATE_INSTALLED = "asgimesh_installed"
 
 
 def install(app: FastAPI, *, runtime: MeshRuntime | None = None) -> FastAPI:
     """Put the mesh in front of ``app``; returns ``app`` for chaining."""
-    if getattr(app.state, _STATE_RUNTIME, None) is not None or any(
-        m.cls is MeshMiddleware for m in app.user_middleware
-    ):
+    if getattr(app.state, _STATE_INSTALLED, False):
         raise RuntimeError("asgimesh is already installed on this FastAPI app")
     app.add_middleware(MeshMiddleware, runtime=runtime)
+    setattr(app.state, _STATE_INSTALLED, True)
     setattr(app.state, _STATE_RUNTIME, runtime)
     original = app.router.lifespan_context
 
