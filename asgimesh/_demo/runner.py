@@ -121,6 +121,10 @@ def run_demo(*, state_dir: Path, duration: float | None, port: int) -> int:
     log_dir = state_dir / "logs"
     log_dir.mkdir(exist_ok=True)
     admin_token = secrets.token_urlsafe(24)
+    token_file = state_dir / "admin-token"
+    token_file.touch(mode=0o600)
+    token_file.chmod(0o600)
+    token_file.write_text(admin_token + "\n")
     cp_port = _port(port)
     cp_url = f"http://127.0.0.1:{cp_port}"
     stop = threading.Event()
@@ -170,7 +174,14 @@ def run_demo(*, state_dir: Path, duration: float | None, port: int) -> int:
             token = httpx.post(
                 cp_url + "/v1/tokens", json={"service": service}, headers=admin, timeout=10
             ).json()["token"]
-            env = {"MESH_SERVICE": service, "MESH_CONFIG": cp_url, "MESH_TOKEN": token, **extra}
+            env = {
+                "MESH_SERVICE": service,
+                "MESH_CONFIG": cp_url,
+                "MESH_TOKEN": token,
+                # Trust the control plane's CA from its own files, not on first use.
+                "MESH_CA": str(state_dir / "control-plane" / "ca.pem"),
+                **extra,
+            }
             url = f"http://127.0.0.1:{ports[name]}"
             _spawn(
                 procs,
@@ -197,7 +208,8 @@ asgimesh demo is running: frontend -> orders -> payments (2 replicas, one failin
   call the mesh     curl {frontend}/
   health, metrics   curl {frontend}/_mesh/health ; curl {frontend}/_mesh/metrics
   services          MESH_CONFIG={cp_url} asgimesh status
-  change policy     MESH_CONFIG={cp_url} MESH_ADMIN_TOKEN={admin_token} asgimesh policy apply FILE
+  change policy     MESH_CONFIG={cp_url} MESH_ADMIN_TOKEN=$(cat {token_file}) \\
+                      asgimesh policy apply FILE
   logs              {log_dir}/
 
 Press Ctrl-C to stop.""",
