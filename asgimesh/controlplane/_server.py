@@ -327,7 +327,12 @@ class ControlPlane:
         csr = raw
         namespace_service = owner
         if request.headers.get("content-type", "").startswith("application/json"):
-            data = json.loads(raw or b"{}") if raw.strip().startswith(b"{") else {}
+            try:
+                data = json.loads(raw or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiError(400, "bad_json", f"expected a JSON object: {exc}") from None
+            if not isinstance(data, dict):
+                raise ApiError(400, "bad_json", "expected a JSON object with a 'csr' field")
             csr = str(data.get("csr", "")).encode()
             if owner is None and isinstance(data.get("service"), str):
                 namespace_service = f"{data.get('namespace', 'default')}/{data['service']}"
@@ -419,6 +424,14 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
+async def _internal(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback here, answered in the API's shape without one."""
+    log.error("internal_error", path=request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"error": "internal", "detail": "the control plane failed; see its log"}, status_code=500
+    )
+
+
 async def _store_down(request: Request, exc: Exception) -> Response:
     log.warning("store_unavailable", error=str(exc))
     return JSONResponse(
@@ -446,6 +459,7 @@ def create_app(config: ControlPlaneConfig | None = None) -> Starlette:
         HTTPException: _api_error,
         httpx.HTTPError: _store_down,
         EtcdError: _store_down,
+        Exception: _internal,
     }
     app = Starlette(
         routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes],
