@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
+
 from .._durations import parse_duration
-from ._client import CommandFailedError, add_server_options, call, fail
+from ..controlplane._etcd import EtcdError
+from ..controlplane._store import Store, open_store
+from ._client import EXIT_UNREACHABLE, CommandFailedError, add_server_options, call, fail
 
 __all__ = ["register"]
 
@@ -44,6 +50,9 @@ def register(commands: Any) -> None:
     server.add_argument(
         "--stale-after", default="60s", help="forget instances silent this long (default 60s)"
     )
+    server.add_argument(
+        "--store-wait", default="10s", help="how long to wait for the store at start (10s)"
+    )
     server.add_argument("--log-format", choices=["json", "console"], default="json")
     server.set_defaults(handler=control_plane_command)
 
@@ -72,8 +81,9 @@ def control_plane_command(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     try:
         max_wait, stale_after = parse_duration(args.max_wait), parse_duration(args.stale_after)
+        store_wait = parse_duration(args.store_wait)
     except ValueError as exc:
-        raise ConfigError(f"--max-wait/--stale-after: {exc}") from None
+        raise ConfigError(f"--max-wait/--stale-after/--store-wait: {exc}") from None
     config = ControlPlaneConfig(
         store=args.store,
         state_dir=Path(args.state_dir),
@@ -83,6 +93,10 @@ def control_plane_command(args: argparse.Namespace) -> int:
         stale_after=stale_after,
     )
     app = create_app(config)
+    problem = anyio.run(_probe_store, open_store(config.store, config.state_dir), store_wait)
+    if problem:
+        print(f"asgimesh: {problem}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     uvicorn.run(
         app,
         host=args.host,
@@ -92,6 +106,24 @@ def control_plane_command(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=1,
     )
     return 0
+
+
+async def _probe_store(store: Store, patience: float = 10.0) -> str | None:
+    """Whether the store answers, retried for ``patience`` seconds (etcd may be starting too);
+    one line saying why not, rather than a traceback from the server's start-up."""
+    deadline = anyio.current_time() + patience
+    while True:
+        try:
+            await store.open()
+            try:
+                await store.latest()
+            finally:
+                await store.close()
+            return None
+        except (OSError, httpx.HTTPError, EtcdError, sqlite3.Error) as exc:
+            if anyio.current_time() > deadline:
+                return f"cannot use the store {store.description}: {exc}"
+            await anyio.sleep(0.5)
 
 
 def token_create_command(args: argparse.Namespace) -> int:

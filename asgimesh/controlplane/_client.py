@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -52,6 +53,7 @@ __all__ = ["Backoff", "ControlPlaneSource", "SourceOptions", "parse_source_url"]
 log = structlog.get_logger("asgimesh.controlplane")
 
 LONG_POLL = 30.0
+NDJSON = "application/x-ndjson"
 FIRST_LOAD_TIMEOUT = 3.0
 
 
@@ -137,6 +139,9 @@ class Feed(Protocol):
 
     async def newer(self, after: int, wait: float) -> dict[str, Any] | None: ...
 
+    def watch(self, after: int, wait: float) -> AsyncGenerator[dict[str, Any], None]:
+        """Versions newer than ``after`` as they come, for up to ``wait`` seconds."""
+
     async def trust_bundle(self) -> bytes: ...
 
     async def report(self, payload: dict[str, Any]) -> None: ...
@@ -172,6 +177,30 @@ class HttpFeed:
         response = await self._get("/v1/policy", after=after, wait=wait)
         return _envelope(response)
 
+    async def watch(self, after: int, wait: float) -> AsyncGenerator[dict[str, Any], None]:
+        """The long poll, asking the server to keep it open (``Accept: application/x-ndjson``):
+        one line per version. A server that answers a plain long poll ends after one."""
+        params = {"after": after, "wait": wait}
+        try:
+            async with self._http.stream(
+                "GET", "/v1/policy", params=params, headers={"accept": NDJSON}
+            ) as response:
+                if response.status_code in (304, 404):
+                    return
+                if response.status_code != 200:
+                    raise FeedUnavailableError(f"HTTP {response.status_code} from /v1/policy")
+                if not response.headers.get("content-type", "").startswith(NDJSON):
+                    await response.aread()
+                    envelope = _envelope(response)
+                    if envelope is not None:
+                        yield envelope
+                    return
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield _line(line)
+        except httpx.HTTPError as exc:
+            raise FeedUnavailableError(f"{type(exc).__name__}: {exc}") from None
+
     async def trust_bundle(self) -> bytes:
         response = await self._get("/v1/trust-bundle")
         if response.status_code != 200:
@@ -206,6 +235,16 @@ def _envelope(response: httpx.Response) -> dict[str, Any] | None:
     return data
 
 
+def _line(line: str) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        raise FeedUnavailableError("the control plane sent a line that is not JSON") from None
+    if not isinstance(data, dict):
+        raise FeedUnavailableError("expected JSON objects from the control plane")
+    return data
+
+
 class EtcdFeed:
     """Reads the versions the control plane stored in etcd, without a control plane between."""
 
@@ -229,6 +268,11 @@ class EtcdFeed:
                 newest = await self.latest()
                 return newest if newest is not None else record.envelope()
         return None
+
+    async def watch(self, after: int, wait: float) -> AsyncGenerator[dict[str, Any], None]:
+        envelope = await self.newer(after, wait)
+        if envelope is not None:
+            yield envelope
 
     async def trust_bundle(self) -> bytes:
         try:
@@ -376,9 +420,9 @@ class ControlPlaneSource:
         backoff = Backoff(self.options.backoff_base, self.options.backoff_max)
         while True:
             try:
-                envelope = await feed.newer(self._seen, LONG_POLL)
-                if envelope is not None:
-                    await self._accept(feed, envelope)
+                async with contextlib.aclosing(feed.watch(self._seen, LONG_POLL)) as versions:
+                    async for envelope in versions:
+                        await self._accept(feed, envelope)
             except FeedUnavailableError as exc:
                 if backoff.failures == 0:
                     log.warning("control_plane_unreachable", source=self.name, error=str(exc))

@@ -156,6 +156,7 @@ class EtcdStore:
     def __init__(self, endpoint: str, prefix: str = "/asgimesh") -> None:
         self.description = f"etcd:{endpoint}{prefix}"
         self.prefix = prefix.rstrip("/")
+        self.endpoint = endpoint
         self.etcd = EtcdClient(endpoint)
         self._versions = f"{self.prefix}/policy/v/"
         self._latest = f"{self.prefix}/policy/latest"
@@ -164,7 +165,10 @@ class EtcdStore:
         return f"{self._versions}{version:012d}"
 
     async def open(self) -> None:
-        """Nothing to set up: the first call connects (and a down etcd is retried, not fatal)."""
+        """A fresh connection pool (so that a closed store can be opened again); the first call
+        connects."""
+        await self.etcd.aclose()
+        self.etcd = EtcdClient(self.endpoint)
 
     async def close(self) -> None:
         await self.etcd.aclose()

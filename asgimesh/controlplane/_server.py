@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .._durations import parse_duration
@@ -51,6 +51,7 @@ log = structlog.get_logger("asgimesh.controlplane")
 MAX_BODY = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 PEM = "application/x-pem-file"
+NDJSON = "application/x-ndjson"
 
 
 @dataclass(frozen=True)
@@ -213,11 +214,30 @@ class ControlPlane:
         ):
             return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
         version, body = self.board.version, self.board.body
-        return Response(
-            body,
-            media_type="application/json",
-            headers={"etag": f'"{version}"', "cache-control": "no-cache"},
-        )
+        headers = {"etag": f'"{version}"', "cache-control": "no-cache"}
+        if after is not None and wait > 0 and NDJSON in request.headers.get("accept", ""):
+            return StreamingResponse(
+                self._stream(body, version, anyio.current_time() + wait),
+                media_type=NDJSON,
+                headers=headers,
+            )
+        return Response(body, media_type="application/json", headers=headers)
+
+    async def _stream(self, body: bytes, version: int, deadline: float) -> AsyncIterator[bytes]:
+        """The long poll, kept open: one JSON line per version until the wait is over.
+
+        Asked for with ``Accept: application/x-ndjson``; anyone else gets the contract's plain
+        long poll. A watcher then costs one request per ``wait`` instead of one per change,
+        which is what lets one control plane fan a change out to hundreds of services at once.
+        (Starlette ends the stream when the client disconnects.)
+        """
+        assert self.board is not None
+        yield body + b"\n"
+        while (left := deadline - anyio.current_time()) > 0:
+            if await self.board.wait_newer(version, left) is None:
+                return
+            version, body = self.board.version, self.board.body
+            yield body + b"\n"
 
     async def _wait_newer(self, request: Request, after: int, wait: float) -> PolicyRecord | None:
         """Park until a newer version or ``wait`` passes; give up early if the client leaves,
@@ -307,7 +327,12 @@ class ControlPlane:
         csr = raw
         namespace_service = owner
         if request.headers.get("content-type", "").startswith("application/json"):
-            data = json.loads(raw or b"{}") if raw.strip().startswith(b"{") else {}
+            try:
+                data = json.loads(raw or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiError(400, "bad_json", f"expected a JSON object: {exc}") from None
+            if not isinstance(data, dict):
+                raise ApiError(400, "bad_json", "expected a JSON object with a 'csr' field")
             csr = str(data.get("csr", "")).encode()
             if owner is None and isinstance(data.get("service"), str):
                 namespace_service = f"{data.get('namespace', 'default')}/{data['service']}"
@@ -399,6 +424,14 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
+async def _internal(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback here, answered in the API's shape without one."""
+    log.error("internal_error", path=request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"error": "internal", "detail": "the control plane failed; see its log"}, status_code=500
+    )
+
+
 async def _store_down(request: Request, exc: Exception) -> Response:
     log.warning("store_unavailable", error=str(exc))
     return JSONResponse(
@@ -426,6 +459,7 @@ def create_app(config: ControlPlaneConfig | None = None) -> Starlette:
         HTTPException: _api_error,
         httpx.HTTPError: _store_down,
         EtcdError: _store_down,
+        Exception: _internal,
     }
     app = Starlette(
         routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes],

@@ -135,3 +135,13 @@ def test_control_plane_refuses_a_bad_store_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().startswith("asgimesh: --store='ftp://x': expected etcd://")
     assert "Traceback" not in result.stderr
+
+
+def test_control_plane_names_an_unreachable_store_in_one_line(tmp_path: Path) -> None:
+    store = f"etcd://127.0.0.1:{free_port()}"
+    result = asgimesh(
+        "control-plane", "--store", store, "--store-wait", "300ms", "--state-dir", str(tmp_path)
+    )
+    assert result.returncode == 3
+    assert result.stderr.strip().startswith("asgimesh: cannot use the store etcd:")
+    assert "Traceback" not in result.stderr

@@ -78,3 +78,30 @@ def test_etcd_down_replicas_keep_serving_the_last_version_and_catch_up(
     assert up.json() == {"version": 2}
     got = httpx.get(b.url + "/v1/policy?after=1&wait=15", timeout=20)
     assert got.status_code == 200 and got.json()["version"] == 2
+
+
+def test_a_service_on_a_stopped_replica_keeps_serving_and_converges_when_it_returns(
+    etcd, control_plane_process, tmp_path
+) -> None:
+    from asgimesh import MeshRuntime, MeshSettings
+
+    a = control_plane_process.start(store=etcd.url)
+    b = control_plane_process.start(store=etcd.url)
+    httpx.put(a.url + "/v1/policy", json={"defaults": {"timeout": "4s"}}, headers=ADMIN)
+    runtime = MeshRuntime(MeshSettings(config=b.url + "?backoff_max=300ms"))
+    try:
+        deadline = time.monotonic() + 10
+        while runtime.policy.current.source is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runtime.policy.current.policy.defaults.timeout == 4.0
+        b.kill()  # mid-watch
+        httpx.put(a.url + "/v1/policy", json={"defaults": {"timeout": "5s"}}, headers=ADMIN)
+        time.sleep(0.5)
+        assert runtime.policy.current.policy.defaults.timeout == 4.0  # kept, still serving
+        control_plane_process.start(store=etcd.url, port=b.port)
+        deadline = time.monotonic() + 10
+        while runtime.policy.current.version != 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runtime.policy.current.policy.defaults.timeout == 5.0  # caught up
+    finally:
+        runtime.close()

@@ -235,3 +235,23 @@ async def test_keys_survive_a_restart_in_the_state_dir(tmp_path: Path) -> None:
     async with plane(tmp_path) as cp:
         assert (await cp.get("/v1/trust-bundle")).content == bundle
         assert (await cp.get("/v1/policy")).json()["version"] == 1
+
+
+async def test_unknown_paths_and_bad_csr_bodies_are_json_4xx(tmp_path: Path) -> None:
+    async with plane(tmp_path) as cp:
+        missing = await cp.get("/v2/nothing")
+        assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+        wrong_method = await cp.delete("/v1/policy")
+        assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+        bad = await cp.post(
+            "/v1/certificates",
+            content=b"{oops",
+            headers={**ADMIN, "content-type": "application/json"},
+        )
+        assert bad.status_code == 400 and bad.json()["error"] == "bad_json"
+        garbage = await cp.post(
+            "/v1/certificates",
+            json={"csr": "junk", "service": "orders"},
+            headers=ADMIN,
+        )
+        assert garbage.status_code == 422 and garbage.json()["error"] == "invalid_csr"
