@@ -37,7 +37,7 @@ from ..identity import CertificateRequestError, MeshCA
 from ..policy import parse_document, validate_document
 from ..policy._load import format_for, format_validation_error
 from ._board import VersionBoard
-from ._dashboard import DASHBOARD_HTML
+from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
 from ._etcd import EtcdError
 from ._golden import roll_up
 from ._keys import load_admin_token, load_keys
@@ -365,10 +365,17 @@ class ControlPlane:
     async def services(self, request: Request) -> Response:
         assert self.board is not None
         reports = await self.store.reports(time.time() - self.config.stale_after)
-        return JSONResponse({"policy_version": self.board.version, "services": roll_up(reports)})
+        record = self.board.record
+        return JSONResponse(
+            {
+                "policy_version": self.board.version,
+                "policy_created": record.created if record is not None else None,
+                "services": roll_up(reports),
+            }
+        )
 
     async def dashboard(self, request: Request) -> Response:
-        return HTMLResponse(DASHBOARD_HTML)
+        return HTMLResponse(DASHBOARD_HTML, headers=DASHBOARD_HEADERS)
 
 
 def _plain_json(document: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The control-plane API in process (httpx.ASGITransport, with its lifespan), under asyncio and
 trio; the real-process and long-poll-over-sockets tests are in test_processes.py."""
 
+import base64
+import hashlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -226,6 +229,24 @@ async def test_dashboard_is_one_self_contained_page(tmp_path: Path) -> None:
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "v1/services" in page.text and "v1/policy" in page.text
         assert "http" not in page.text.lower().replace("http-equiv", "")
+        assert "innerHTML" not in page.text and "eval(" not in page.text
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+        script = page.text.split("<script>", 1)[1].split("</script>", 1)[0]
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"script-src 'sha256-{digest}'" in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_services_name_the_current_version_and_when_it_was_stored(tmp_path: Path) -> None:
+    async with plane(tmp_path) as cp:
+        empty = (await cp.get("/v1/services")).json()
+        assert empty == {"policy_version": 0, "policy_created": None, "services": []}
+        before = time.time()
+        await cp.put("/v1/policy", json={}, headers=ADMIN)
+        answer = (await cp.get("/v1/services")).json()
+        assert answer["policy_version"] == 1
+        assert before - 1 <= answer["policy_created"] <= time.time() + 1
 
 
 async def test_keys_survive_a_restart_in_the_state_dir(tmp_path: Path) -> None:
