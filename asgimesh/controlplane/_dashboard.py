@@ -33,10 +33,12 @@ min-width:13rem}
 .card .value{font-size:1.5rem;font-weight:600}
 .card .sub{color:var(--muted);font-size:.85rem}
 h2{font-size:1rem;margin:1.5rem 0 .5rem}
+div.scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line)}
 th,td{padding:.4rem .75rem;text-align:left;border-bottom:1px solid var(--line);
 white-space:nowrap}
 thead th{background:#eef0f4;font-size:.8rem;color:#374151}
+td.empty{white-space:normal}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.service td{background:#fafbfc;font-weight:600;border-top:2px solid var(--line)}
 tr.instance td.name{padding-left:2rem;font-family:ui-monospace,monospace;font-size:.85rem;
@@ -127,7 +129,7 @@ function renderServices(data) {
   if (!rows.length) {
     const row = el("tr");
     const cell = el("td", "No instance has reported yet (services report when MESH_TOKEN is set).",
-                    "muted");
+                    "muted empty");
     cell.colSpan = 7;
     row.append(cell);
     rows.push(row);
@@ -210,10 +212,12 @@ DASHBOARD_HTML = f"""<!doctype html>
 <div class="sub">with a recent report</div></div>
 </div>
 <h2>Services</h2>
-<table><thead><tr><th>service / instance</th><th>policy</th><th class="num">req/s</th>
+<div class="scroll"><table>
+<thead><tr><th>service / instance</th><th>policy</th><th class="num">req/s</th>
 <th class="num">success</th><th class="num">p50 ms</th><th class="num">p99 ms</th>
 <th>last report</th></tr></thead>
-<tbody id="services"><tr><td colspan="7" class="muted">loading&hellip;</td></tr></tbody></table>
+<tbody id="services"><tr><td colspan="7" class="muted">loading&hellip;</td></tr></tbody>
+</table></div>
 <h2>Policy document <span class="muted" id="policy-version"></span></h2>
 <pre id="policy">(loading)</pre>
 </main>

@@ -13,18 +13,20 @@ import struct
 import subprocess
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import httpx
 import pytest
+from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import ControlPlaneStarter, Etcd
 
 CHROMIUM = Path("/usr/bin/chromium")
+T = TypeVar("T")
 BROWSER_TIMEOUT = 60.0
 ADMIN = {"authorization": f"Bearer {ControlPlaneStarter.admin_token}"}
 #: Markup in a name: if the page ever parsed it, the title would change or the body would get
@@ -37,6 +39,50 @@ pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="/usr/bin/chromium is missing (Debian: apt-get install chromium; scripts/_setup.sh does)",
 )
+
+
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def until(check: Callable[[], T | Literal[False] | None], what: str, timeout: float = 20.0) -> T:
+    """Poll ``check`` until it returns something true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"{what}: not seen within {timeout} s")
+
+
+class DevTools:
+    """The few DevTools protocol calls the tests need, over the page's websocket."""
+
+    def __init__(self, socket: ClientConnection) -> None:
+        self._socket = socket
+        self._id = 0
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        self._socket.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:  # events arrive in between; skip them
+            message = json.loads(self._socket.recv(timeout=BROWSER_TIMEOUT))
+            if message.get("id") == self._id:
+                assert "error" not in message, message
+                return dict(message["result"])
+
+    def text(self, selector: str) -> str:
+        expression = f"document.querySelector({json.dumps(selector)})?.textContent ?? ''"
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return str(result["result"]["value"])
 
 
 class Chromium:
@@ -52,14 +98,7 @@ class Chromium:
         proc = subprocess.Popen(
             [
                 str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *FLAGS,
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=5000",
                 *args,
@@ -85,6 +124,31 @@ class Chromium:
     def screenshot(self, url: str, path: Path) -> bytes:
         self.run(url, f"--screenshot={path}", "--window-size=1280,900", "--hide-scrollbars")
         return path.read_bytes()
+
+    @contextlib.contextmanager
+    def devtools(self) -> Iterator[DevTools]:
+        """A browser kept running, driven over the DevTools protocol (one page)."""
+        profile = self.tmp_path / f"chromium-profile-{len(self._runs)}"
+        proc = subprocess.Popen(
+            [
+                str(CHROMIUM),
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._runs.append(proc)
+        active = profile / "DevToolsActivePort"
+        port = until(lambda: active.exists() and active.read_text().split("\n")[0], "DevTools")
+        targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
+        page = next(t for t in targets if t["type"] == "page")
+        with connect(page["webSocketDebuggerUrl"], open_timeout=10, max_size=None) as socket:
+            yield DevTools(socket)
 
     def close(self) -> None:
         for proc in self._runs:
@@ -296,3 +360,27 @@ def test_dashboard_shows_a_service_name_with_markup_as_text(
     assert PAYLOAD not in dom and "data-pwned" not in dom
     assert page.title == "asgimesh control plane"
     assert page.text("version") == "v1" and page.text("fleet") == "all on v1"
+
+
+def test_dashboard_keeps_the_last_data_while_the_control_plane_is_down(
+    control_plane_process: ControlPlaneStarter, chromium: Chromium, tmp_path: Path
+) -> None:
+    """An operator watching the page sees the outage (and the data kept from before it), then
+    the page goes live again by itself when the control plane is back."""
+    cp = control_plane_process.start()
+    assert httpx.put(cp.url + "/v1/policy", json={}, headers=ADMIN).status_code == 200
+    report(cp.url, token(cp.url, "payments"), service="payments", instance="p-1", policy_version=1)
+    row = "tr.service[data-service=payments] td.name"
+    with chromium.devtools() as page:
+        page.call("Page.navigate", url=cp.url + "/")
+        until(lambda: page.text(row) == "payments1 instance", "payments on the page")
+        until(lambda: page.text("#status").startswith("live"), "the page live")
+
+        cp.stop()
+        status = until(lambda: "unreachable" in (t := page.text("#status")) and t, "the outage")
+        assert "showing data from" in status
+        assert page.text(row) == "payments1 instance" and page.text("#version") == "v1"
+
+        control_plane_process.start(port=cp.port, state_dir=tmp_path / "cp1")
+        until(lambda: page.text("#status").startswith("live"), "the page live again")
+        assert page.text(row) == "payments1 instance"
