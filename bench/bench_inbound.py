@@ -268,8 +268,7 @@ def main() -> None:
         f"(target ≥ 90%) and adds {added:.0f} µs at p50 (target < 50 µs).** Called in-process "
         f"(no server, no sockets), a request costs {bare_us:.1f} µs bare and {mesh_us:.1f} µs "
         f"with the mesh: {mesh_us - bare_us:.1f} µs added. By the server's own CPU time per "
-        f"request (unaffected by other processes' load), the mesh adds {cpu_added:.1f} µs and "
-        f"keeps {cpu_ratio:.1%} of the bare app's capacity."
+        f"request, the mesh adds {cpu_added:.1f} µs ({cpu_ratio:.1%} of the bare app's capacity)."
     )
     header = (
         "| variant | req/s (median, wrk -c32) | vs bare (median of rounds) "
@@ -295,8 +294,9 @@ def main() -> None:
   (no queueing, so the p50 difference is the per-request cost). Ratios and differences are
   taken within each round (the variants ran seconds apart), then the median over rounds.
 - Server CPU per request: the uvicorn process's CPU time (`/proc/<pid>/task/*/schedstat`)
-  during the `-c32` run divided by the requests wrk completed; other processes' load changes
-  wall-clock figures a lot on this machine but this one little.
+  during the `-c32` run divided by the requests wrk completed. It leaves out time spent waiting
+  for a core, but not the slowdown from sharing caches and hyperthreads with other processes:
+  on this loaded machine it still moves by ±50 µs between runs.
 - In-process: the same two apps called directly in a loop (best of 7 rounds of 10,000 calls), the
   figure least disturbed by the shared machine.
 - Checked: 200 and the exact body before and after the load, `x-request-id` only on the mesh
