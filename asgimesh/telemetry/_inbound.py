@@ -42,10 +42,12 @@ class InboundTelemetry:
         self.spans = ServerSpans()
 
     def _child(self, method: str, status: int) -> Any:
+        """The counter for a pair not cached yet. Only known methods are cached: a client that
+        sends made-up methods must not grow this dict (they all count as ``_OTHER``)."""
         label = method if method in _METHODS else "_OTHER"
-        child = self._children[method, status] = self._counter.labels(
-            self.service, label, str(status)
-        )
+        child = self._counter.labels(self.service, label, str(status))
+        if label == method:
+            self._children[method, status] = child
         return child
 
     def finish(
