@@ -48,6 +48,9 @@ __all__ = [
 #: The paths the middleware answers itself instead of the app.
 ADMIN_PATHS = frozenset({"/_mesh/health", "/_mesh/metrics", "/_mesh/config"})
 
+#: The one header the mesh adds to every response of mesh traffic: the request id, echoed.
+RESPONSE_HEADER = "x-request-id"
+
 #: The request headers the mesh reads (raw ASGI name -> field name).
 _WANTED: dict[bytes, str] = {
     name.encode("ascii"): name
@@ -123,10 +126,6 @@ class Decision:
         if self.context is None:
             return ()
         return ((RESPONSE_HEADER, self.context.request_id),)
-
-
-#: The one header the mesh adds to every response of mesh traffic: the request id, echoed.
-RESPONSE_HEADER = "x-request-id"
 
 
 class InboundCore:
