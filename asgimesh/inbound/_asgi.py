@@ -20,7 +20,7 @@ from .._runtime import MeshRuntime, get_runtime
 from ..telemetry._inbound import InboundTelemetry
 from ..telemetry._otel import SpanScope, scope_attributes
 from ._admin import Admin
-from ._core import Answer, InboundCore, asgi_fields
+from ._core import RESPONSE_HEADER, Answer, InboundCore, asgi_fields
 
 __all__ = ["MeshMiddleware"]
 
@@ -30,7 +30,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_REQUEST_ID = b"x-request-id"
+_ECHO = RESPONSE_HEADER.encode("latin-1")
 
 
 class MeshMiddleware:
@@ -68,7 +68,7 @@ class MeshMiddleware:
 
         assert context is not None
         telemetry = self._telemetry
-        exchange = _Exchange(send, _encode(decision.response_headers))
+        exchange = _Exchange(send, (_ECHO, context.request_id.encode("latin-1")))
         span: SpanScope | None = None
         tracer = telemetry.spans.tracer(started)
         if tracer is not None:
@@ -101,26 +101,28 @@ class MeshMiddleware:
 class _Exchange:
     """One request's response side: remembers the status and adds the request id header."""
 
-    __slots__ = ("_send", "extra", "status")
+    __slots__ = ("_send", "echo", "status")
 
-    def __init__(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, send: Send, echo: tuple[bytes, bytes]) -> None:
         self._send = send
-        self.extra = extra
+        self.echo = echo
         #: 500 until the app starts a response: an app that returns without one has failed.
         self.status = 500
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function handing back the server's awaitable: no coroutine of our own per
+        # message, so a streamed body costs one call per chunk and nothing more.
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = list(message.get("headers", ()))
             for name, _ in headers:
-                if name.lower() == _REQUEST_ID:
+                if name.lower() == _ECHO:
                     break  # the app set its own: leave it
             else:
-                headers += self.extra
+                headers.append(self.echo)
             # A copy: the app may reuse its message dicts.
             message = {**message, "headers": headers}
-        await self._send(message)
+        return self._send(message)
 
 
 def _encode(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_PATHS",
+    "RESPONSE_HEADER",
     "Answer",
     "Decision",
     "InboundCore",
@@ -46,6 +47,9 @@ __all__ = [
 
 #: The paths the middleware answers itself instead of the app.
 ADMIN_PATHS = frozenset({"/_mesh/health", "/_mesh/metrics", "/_mesh/config"})
+
+#: The one header the mesh adds to every response of mesh traffic: the request id, echoed.
+RESPONSE_HEADER = "x-request-id"
 
 #: The request headers the mesh reads (raw ASGI name -> field name).
 _WANTED: dict[bytes, str] = {
@@ -121,12 +125,7 @@ class Decision:
         """Headers the mesh adds to the response, the app's or its own: the request id."""
         if self.context is None:
             return ()
-        return (("x-request-id", self.context.request_id),)
-
-
-def _hex(bits: int, size: int) -> str:
-    """``size`` bytes of ``bits`` as lower-case hex, never all zeros (W3C: invalid)."""
-    return (bits or 1).to_bytes(size, "big").hex()
+        return ((RESPONSE_HEADER, self.context.request_id),)
 
 
 class InboundCore:
@@ -158,29 +157,37 @@ class InboundCore:
 
     def context(self, fields: Mapping[str, str], now: float) -> MeshContext:
         """The request's mesh context from its headers; anything malformed counts as absent."""
+        # Runs for every request: parsers are called only for headers that came, and ids are
+        # made inline (random bits, never all zero as W3C requires, as lower-case hex).
         randbits = self._randbits
-        request_id = parse_request_id(fields.get("x-request-id")) or _hex(randbits(128), 16)
-        parent = parse_traceparent(fields.get("traceparent"))
-        if parent is not None:
-            trace_id, parent_span_id, flags = parent
+        request_id = fields.get("x-request-id")
+        if request_id is not None:
+            request_id = parse_request_id(request_id)
+        if request_id is None:
+            request_id = (randbits(128) or 1).to_bytes(16, "big").hex()
+        parent = fields.get("traceparent")
+        parsed = parse_traceparent(parent) if parent is not None else None
+        if parsed is not None:
+            trace_id, parent_span_id, flags = parsed
             # W3C: tracestate belongs to the traceparent it came with; without one it is dropped.
-            tracestate = parse_tracestate(fields.get("tracestate"))
+            tracestate = fields.get("tracestate")
+            if tracestate is not None:
+                tracestate = parse_tracestate(tracestate)
         else:
-            trace_id, parent_span_id, flags, tracestate = _hex(randbits(128), 16), None, "01", None
+            trace_id = (randbits(128) or 1).to_bytes(16, "big").hex()
+            parent_span_id, flags, tracestate = None, "01", None
         return MeshContext(
             request_id=request_id,
             trace_id=trace_id,
-            span_id=_hex(randbits(64), 8),
+            span_id=(randbits(64) or 1).to_bytes(8, "big").hex(),
             trace_flags=flags,
             tracestate=tracestate,
-            deadline=_deadline(fields, now),
+            deadline=_deadline(fields, now) if fields else None,
             parent_span_id=parent_span_id,
         )
 
 
 def _deadline(fields: Mapping[str, str], now: float) -> float | None:
-    if not fields:
-        return None
     for name, parse in _DEADLINES:
         value = fields.get(name)
         if value is not None:

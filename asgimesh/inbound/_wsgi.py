@@ -22,7 +22,7 @@ from .._runtime import MeshRuntime, get_runtime
 from ..telemetry._inbound import InboundTelemetry
 from ..telemetry._otel import SpanScope, environ_attributes
 from ._admin import Admin
-from ._core import InboundCore, environ_fields
+from ._core import RESPONSE_HEADER, InboundCore, environ_fields
 
 __all__ = ["MeshWSGIMiddleware"]
 
@@ -137,7 +137,7 @@ class _Call:
             self.status = int(status[:3])
         except ValueError:
             self.status = 500
-        if not any(name.lower() == "x-request-id" for name, _ in headers):
+        if not any(name.lower() == RESPONSE_HEADER for name, _ in headers):
             headers = [*headers, *self.extra]
         if exc_info is not None:
             return self._start_response(status, headers, exc_info)

@@ -41,13 +41,14 @@ class InboundTelemetry:
         self.access_log = runtime.settings.access_log
         self.spans = ServerSpans()
 
-    def _count(self, method: str, status: int) -> None:
-        key = (method, status)
-        child = self._children.get(key)
-        if child is None:
-            label = method if method in _METHODS else "_OTHER"
-            child = self._children[key] = self._counter.labels(self.service, label, str(status))
-        child.inc()
+    def _child(self, method: str, status: int) -> Any:
+        """The counter for a pair not cached yet. Only known methods are cached: a client that
+        sends made-up methods must not grow this dict (they all count as ``_OTHER``)."""
+        label = method if method in _METHODS else "_OTHER"
+        child = self._counter.labels(self.service, label, str(status))
+        if label == method:
+            self._children[method, status] = child
+        return child
 
     def finish(
         self,
@@ -61,7 +62,8 @@ class InboundTelemetry:
         client: str | None = None,
     ) -> None:
         """Record one finished request (``duration`` in seconds)."""
-        self._count(method, status)
+        child = self._children.get((method, status)) or self._child(method, status)
+        child.inc()
         self._observe(duration)
         if span is not None:
             self.spans.end(span, status, error)

@@ -234,7 +234,8 @@ def test_two_middlewares_share_one_runtime_and_load_policy_once(monkeypatch) -> 
     monkeypatch.setattr(PolicyStore, "from_settings", classmethod(counting))
     first = MeshMiddleware(Recorder())
     second = MeshMiddleware(Recorder())
-    assert first.runtime is second.runtime is asgimesh.get_runtime()
+    wsgi = asgimesh.MeshWSGIMiddleware(lambda environ, start_response: [])
+    assert first.runtime is second.runtime is wsgi.runtime is asgimesh.get_runtime()
     assert first.runtime.settings.service == "shared"
     assert first.runtime.snapshot.policy.defaults.timeout == 2.0
     assert len(loads) == 1

@@ -128,6 +128,14 @@ def test_unknown_methods_share_one_label(make_shell) -> None:
     assert counted(shell, "_OTHER", "418") == 1
 
 
+def test_made_up_methods_do_not_grow_the_metric_cache(make_shell) -> None:
+    shell = make_shell()
+    for n in range(20):
+        shell.request(f"X{n}", "/status/405")
+    assert counted(shell, "_OTHER", "405") == 20
+    assert len(shell.app._telemetry._children) == 0
+
+
 def test_app_exception_is_counted_and_reraised(make_shell) -> None:
     shell = make_shell()
     with pytest.raises(RuntimeError, match="boom from the app"):
