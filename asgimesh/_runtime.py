@@ -40,10 +40,6 @@ class PolicySource(Protocol):
         """Stop following changes."""
 
 
-def _no_hook() -> None:
-    return None
-
-
 class MeshRuntime:
     """Everything the mesh keeps per process."""
 
@@ -57,7 +53,8 @@ class MeshRuntime:
         self.source: PolicySource | None = self._make_source()
         #: Call once per request (inbound middleware, outbound transports): lets a config source
         #: without background work (serverless mode) refresh. Never blocks; a no-op otherwise.
-        self.on_request: Callable[[], None] = getattr(self.source, "on_request", _no_hook)
+        #: ``None`` where the source has no such hook, so the shells skip the call entirely.
+        self.on_request: Callable[[], None] | None = getattr(self.source, "on_request", None)
         if self.source is not None:
             self.source.load()
             if start:

@@ -46,11 +46,14 @@ class MeshMiddleware:
         self.runtime = runtime if runtime is not None else get_runtime()
         self._core = InboundCore(Admin(self.runtime))
         self._telemetry = InboundTelemetry(self.runtime)
+        self._on_request = self.runtime.on_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self._on_request is not None:
+            self._on_request()  # serverless policy refresh: starts one if due, never waits
         started = time.monotonic()
         method: str = scope["method"]
         path: str = scope["path"]

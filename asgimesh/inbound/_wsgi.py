@@ -50,8 +50,11 @@ class MeshWSGIMiddleware:
         self.runtime = runtime if runtime is not None else get_runtime()
         self._core = InboundCore(Admin(self.runtime))
         self._telemetry = InboundTelemetry(self.runtime)
+        self._on_request = self.runtime.on_request
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self._on_request is not None:
+            self._on_request()  # serverless policy refresh: starts one if due, never waits
         started = time.monotonic()
         method: str = environ.get("REQUEST_METHOD", "GET")
         path: str = environ.get("PATH_INFO", "") or "/"

@@ -1,20 +1,19 @@
-"""A service for the tests: plain ASGI on the process's mesh runtime, answering with the policy
-it holds. (No MeshMiddleware: the inbound half is tested on its own.)"""
+"""A service for the tests: an ASGI app behind MeshMiddleware, answering with the policy its
+runtime holds (so serverless refreshes come from the middleware, as in production)."""
 
 import json
 
-from asgimesh import get_runtime
+from asgimesh import MeshMiddleware, get_runtime
 
 runtime = get_runtime()
 
 
-async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+async def inner(scope, receive, send):  # type: ignore[no-untyped-def]
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    runtime.on_request()
     snapshot = runtime.policy.current
     body = json.dumps(
         {
@@ -31,3 +30,6 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+app = MeshMiddleware(inner, runtime=runtime)

@@ -100,6 +100,22 @@ def test_a_served_app_keeps_its_policy_while_the_control_plane_is_down(
     assert httpx.get(app.url).json()["timeout"] == 8.0
 
 
+def test_serverless_app_refreshes_from_its_requests(spawn, control_plane_process) -> None:
+    """``?refresh=``: no background watcher; MeshMiddleware's requests trigger the refresh."""
+    cp = control_plane_process.start()
+    httpx.put(cp.url + "/v1/policy", json={"defaults": {"timeout": "7s"}}, headers=ADMIN)
+    app = spawn.uvicorn(
+        "policy_app:app",
+        env={"MESH_CONFIG": cp.url + "?refresh=200ms"},
+        ready_path="/",
+        extra=["--app-dir", str(Path(__file__).parent)],
+    )
+    assert httpx.get(app.url).json()["timeout"] == 7.0
+    httpx.put(cp.url + "/v1/policy", json={"defaults": {"timeout": "9s"}}, headers=ADMIN)
+    wait_for(lambda: httpx.get(app.url).json()["timeout"] == 9.0, timeout=5)
+    assert httpx.get(app.url).json()["version"] == 2
+
+
 def test_a_tampered_version_is_refused_logged_and_counted(tmp_path: Path) -> None:
     with control_plane() as cp:
         httpx.put(
@@ -161,6 +177,7 @@ def test_serverless_mode_refreshes_from_requests_without_a_thread() -> None:
             put("3s")
             time.sleep(0.5)
             assert runtime.policy.current.version == 1  # nothing happens without requests
+            assert runtime.on_request is not None
             runtime.on_request()
             wait_for(lambda: runtime.policy.current.version == 2, timeout=5)
             put("4s")

@@ -152,3 +152,16 @@ def test_admin_calls_are_not_counted(make_shell) -> None:
         for line in shell.get("/_mesh/metrics").text.splitlines()
         if line.startswith("mesh_inbound_requests_total")
     )
+
+
+def test_each_request_gives_the_config_source_its_refresh_hook(shell_kind, make_runtime) -> None:
+    """Serverless mode refreshes policy from requests: both shells call the runtime's hook."""
+    from .shells import Shell
+
+    runtime = make_runtime()
+    calls: list[None] = []
+    runtime.on_request = lambda: calls.append(None)
+    shell = Shell(shell_kind, runtime)
+    for _ in range(3):
+        assert shell.get("/whoami").status_code == 200
+    assert len(calls) == 3
