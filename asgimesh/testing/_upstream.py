@@ -11,7 +11,8 @@ Control paths (never subject to the behaviour): ``GET /_upstream/stats`` (reques
 method, and the headers of the last request), ``PUT /_upstream/behaviour`` with a behaviour
 string as body, ``POST /_upstream/reset-stats``.
 
-Paths under ``/stream`` answer (when ``ok``) ten chunks 20 ms apart. Behaviour strings: ``ok``, ``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
+Paths under ``/stream`` answer (when ``ok``) ten chunks 20 ms apart. Behaviour strings: ``ok``,
+``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
 ``flaky:50:503`` (that percent of requests fail with that status, drawn from a seeded RNG so runs
 repeat). ``reset`` closes the connection without an answer, as a crashed upstream does: it starts
 a response with a header h11 refuses, so uvicorn's h11 protocol drops the connection before any
