@@ -9,7 +9,8 @@ test or a chaos drill drives real uvicorn processes on loopback rather than mock
 
 Control paths (never subject to the behaviour): ``GET /_upstream/stats`` (requests seen, per
 method, and the headers of the last request), ``PUT /_upstream/behaviour`` with a behaviour
-string as body, ``POST /_upstream/reset-stats``.
+string as body, ``PUT /_upstream/retry-after`` (a ``Retry-After`` value for 429/503 answers),
+``POST /_upstream/reset-stats``.
 
 Paths under ``/stream`` answer (when ``ok``) ten chunks 20 ms apart. Behaviour strings: ``ok``,
 ``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
