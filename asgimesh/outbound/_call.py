@@ -172,12 +172,14 @@ class Call:
         endpoint = self.endpoint
         assert endpoint is not None
         self.release(endpoint)
+        remaining = self.remaining(now)
+        if timed_out and self.deadline_bound and (remaining is None or remaining < DEADLINE_SLACK):
+            if failure is not None:
+                self.upstream.failed(endpoint, now - self.try_started, self._penalty(), now)
+            raise Refusal("deadline", self.deadline_message())
         if failure is None:
             return None
         self.upstream.failed(endpoint, now - self.try_started, self._penalty(), now)
-        remaining = self.remaining(now)
-        if timed_out and self.deadline_bound and (remaining is None or remaining < DEADLINE_SLACK):
-            raise Refusal("deadline", self.deadline_message())
         reason = retry_reason(self.config, self.idempotent, self.replayable, failure=failure)
         if reason is None or self.attempt > self.config.attempts:
             return None

@@ -232,8 +232,9 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
     """Fold ``policy`` into the per-service and per-route configs calls look up."""
     defaults = policy.defaults
     return CompiledPolicy(
+        # Keyed as httpx spells hosts (lower case); each keeps the name the policy gives it.
         services={
-            name: _service_routes(name, defaults, service)
+            name.lower(): _service_routes(name, defaults, service)
             for name, service in policy.services.items()
         },
         backends={

@@ -209,3 +209,18 @@ def test_core_reads_the_current_context() -> None:
     finally:
         _current.reset(token)
     assert plan is not None and plan.call.deadline == 0.5
+
+
+def test_service_names_match_hosts_case_insensitively() -> None:
+    rt = runtime({"services": {"Payments": {"endpoints": ENDPOINTS[:1]}}})
+    core = OutboundCore(rt, clock=FakeClock(0.0))
+    plan = core.plan("GET", "payments", "/", replayable=True)
+    assert plan is not None and plan.call.upstream.name == "Payments"
+
+
+def test_pool_timeout_at_the_deadline_is_the_deadline() -> None:
+    call = make_call(service={"timeout": "100ms"})
+    call.begin_try(0.0)
+    with pytest.raises(Refusal) as caught:
+        call.failed(None, 0.1, timed_out=True)
+    assert caught.value.kind == "deadline"
