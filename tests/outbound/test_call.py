@@ -224,3 +224,13 @@ def test_pool_timeout_at_the_deadline_is_the_deadline() -> None:
     with pytest.raises(Refusal) as caught:
         call.failed(None, 0.1, timed_out=True)
     assert caught.value.kind == "deadline"
+
+
+def test_split_to_an_undefined_service_is_refused_for_its_share() -> None:
+    rt = runtime({"services": {"pay": {"endpoints": ENDPOINTS[:1], "split": [{"service": "ghost", "weight": 100}]}}})
+    core = OutboundCore(rt, clock=FakeClock(0.0))
+    plan = core.plan("GET", "pay", "/", replayable=True)
+    assert plan is not None
+    with pytest.raises(Refusal) as caught:
+        plan.call.begin_try(0.0)
+    assert caught.value.kind == "no-endpoints" and "'ghost'" in str(caught.value)
