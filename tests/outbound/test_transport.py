@@ -342,3 +342,20 @@ def test_default_runtime_reads_mesh_upstreams(variant: str, fake_upstreams: Any,
         assert rt.metrics.registry.get_sample_value(
             "mesh_outbound_requests_total",
             {"service": "shop", "upstream": "pay", "method": "GET", "status": "200"}) == 10
+
+
+def test_fault_delay_waits_and_counts_against_the_deadline(mesh: Any, fake_upstreams: Any) -> None:
+    (ok,) = fake_upstreams.get(1)
+    d = mesh({
+        "slowed": {"endpoints": [ok], "fault": {"delay": {"percent": 100, "duration": "150ms"}}},
+        "doomed": {"endpoints": [ok], "timeout": "100ms",
+                   "fault": {"delay": {"percent": 100, "duration": "1s"}}},
+    })
+    start = time.monotonic()
+    assert d.request("GET", "http://slowed/").status_code == 200
+    assert time.monotonic() - start >= 0.15
+    start = time.monotonic()
+    with pytest.raises(d.mesh.DeadlineExceeded):
+        d.request("GET", "http://doomed/")
+    assert time.monotonic() - start < 0.6  # waited only until the deadline
+    assert fake_upstreams.stats(ok)["requests"] == 1
