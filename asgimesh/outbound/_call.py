@@ -22,6 +22,8 @@ __all__ = ["Call"]
 
 #: Latency charged to an endpoint for a failed try when no per-try timeout is set.
 DEFAULT_PENALTY = 1.0
+#: A timeout this close to the deadline is the deadline (timers fire a little early or late).
+DEADLINE_SLACK = 0.01
 
 
 class Call:
@@ -88,7 +90,7 @@ class Call:
         """Choose the endpoint of the next try and its time limit (``self.limit``)."""
         remaining = self.remaining(now)
         if remaining is not None and remaining <= 0:
-            raise Refusal("deadline", self._deadline_message())
+            raise Refusal("deadline", self.deadline_message())
         endpoint = self.upstream.pick(now, self.tried)
         self.attempt += 1
         self.tried.append(endpoint)
@@ -102,25 +104,25 @@ class Call:
         endpoint.outstanding += 1
         return endpoint
 
-    def headers(self, now: float) -> list[tuple[str, str]]:
+    def headers(self, now: float) -> list[tuple[bytes, bytes]]:
         """The mesh headers of this try (contract, section 5)."""
-        out = [("mesh-attempt", str(self.attempt))]
+        out = [(b"mesh-attempt", b"%d" % self.attempt)]
         remaining = self.remaining(now)
         if remaining is not None:
-            out.append(("mesh-deadline-ms", str(max(int(remaining * 1000), 1))))
+            out.append((b"mesh-deadline-ms", b"%d" % max(int(remaining * 1000), 1)))
         return out
 
-    def trace_headers(self) -> list[tuple[str, str]]:
+    def trace_headers(self) -> list[tuple[bytes, bytes]]:
         """Trace context and request id of the inbound request, for every try of this call."""
         context = self.context
         if context is None:
             return []
         out = [
-            ("traceparent", context.traceparent(self.span_id)),
-            ("x-request-id", context.request_id),
+            (b"traceparent", context.traceparent(self.span_id).encode()),
+            (b"x-request-id", context.request_id.encode()),
         ]
         if context.tracestate:
-            out.append(("tracestate", context.tracestate))
+            out.append((b"tracestate", context.tracestate.encode()))
         return out
 
     def release(self, endpoint: Endpoint) -> None:
@@ -161,18 +163,23 @@ class Call:
         self.upstream.metrics.retry(reason)
         return delay
 
-    def failed(self, failure: Failure | None, now: float) -> float | None:
+    def failed(
+        self, failure: Failure | None, now: float, *, timed_out: bool = False
+    ) -> float | None:
         """A try ended without an answer: the delay before retrying, ``None`` to raise the error
-        as it is, or :class:`Refusal` (deadline passed, or retry budget spent)."""
+        as it is, or :class:`Refusal` (deadline passed, or retry budget spent). ``timed_out``:
+        the error was a timeout, which is the call's deadline when the try was bound by it."""
         endpoint = self.endpoint
         assert endpoint is not None
         self.release(endpoint)
+        remaining = self.remaining(now)
+        if timed_out and self.deadline_bound and (remaining is None or remaining < DEADLINE_SLACK):
+            if failure is not None:
+                self.upstream.failed(endpoint, now - self.try_started, self._penalty(), now)
+            raise Refusal("deadline", self.deadline_message())
         if failure is None:
             return None
         self.upstream.failed(endpoint, now - self.try_started, self._penalty(), now)
-        remaining = self.remaining(now)
-        if failure == "timeout" and self.deadline_bound:
-            raise Refusal("deadline", self._deadline_message())
         reason = retry_reason(self.config, self.idempotent, self.replayable, failure=failure)
         if reason is None or self.attempt > self.config.attempts:
             return None
@@ -192,7 +199,7 @@ class Call:
         """Count the call once, with its final status (``error`` when no answer came)."""
         self.upstream.metrics.request(self.method, status, now - self.started)
 
-    def _deadline_message(self) -> str:
+    def deadline_message(self) -> str:
         budget = self.config.timeout
         inbound = self.context is not None and self.context.deadline is not None
         source = "the inbound request's deadline" if inbound else f"the call timeout ({budget}s)"

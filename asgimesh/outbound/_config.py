@@ -229,14 +229,26 @@ def _backend(name: str, defaults: Defaults, service: ServicePolicy) -> BackendCo
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
-    """Fold ``policy`` into the per-service and per-route configs calls look up."""
+    """Fold ``policy`` into the per-service and per-route configs calls look up.
+
+    A split target the policy does not define gets a backend without endpoints: its share of
+    the calls fails with ``NoHealthyEndpoints`` (as Envoy answers for a missing weighted
+    cluster) rather than silently going elsewhere.
+    """
     defaults = policy.defaults
+    backends = {
+        name: _backend(name, defaults, service) for name, service in policy.services.items()
+    }
+    for service in policy.services.values():
+        for split in (service.split, *(route.split or () for route in service.routes)):
+            for target in split:
+                if target.service not in backends:
+                    backends[target.service] = _backend(target.service, defaults, ServicePolicy())
     return CompiledPolicy(
+        # Keyed as httpx spells hosts (lower case); each keeps the name the policy gives it.
         services={
-            name: _service_routes(name, defaults, service)
+            name.lower(): _service_routes(name, defaults, service)
             for name, service in policy.services.items()
         },
-        backends={
-            name: _backend(name, defaults, service) for name, service in policy.services.items()
-        },
+        backends=backends,
     )

@@ -79,13 +79,16 @@ class OutboundCore:
         self._compiled, self._snapshot = compiled, snapshot
 
     def plan(self, method: str, host: str, path: str, *, replayable: bool) -> Plan | None:
-        """A plan for a call to ``host`` if it names a mesh service, else ``None``."""
+        """A plan for a call to ``host`` (lower case, as httpx gives it) if it names a mesh
+        service, else ``None``."""
         compiled = self.compiled()
         routes = compiled.services.get(host)
         if routes is None:
             return None
         config = routes.config_for(method, path)
-        backend = choose_backend(host, config.split, self.rng) if config.split else host
+        backend = routes.name
+        if config.split:
+            backend = choose_backend(backend, config.split, self.rng)
         upstream = self.upstreams[backend]
         call = Call(
             upstream,

@@ -19,6 +19,8 @@ from ._upstream import Refusal
 __all__ = ["HttpLib"]
 
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+#: Headers the mesh sets on each try, replacing any the app set.
+_PER_TRY = frozenset({b"mesh-attempt", b"mesh-deadline-ms"})
 
 
 class HttpLib:
@@ -39,7 +41,7 @@ class HttpLib:
         self.URL = module.URL
         self.ByteStream = module.ByteStream
         self.TransportError: type[Exception] = module.TransportError
-        self.ReadTimeout: Any = module.ReadTimeout
+        self.TimeoutException: type[Exception] = module.TimeoutException
         self.AsyncHTTPTransport = module.AsyncHTTPTransport
         self.HTTPTransport = module.HTTPTransport
         self._errors: dict[str, Any] = {
@@ -72,22 +74,36 @@ class HttpLib:
         error: Exception = self._errors[refusal.kind](str(refusal), request=request)
         return error
 
-    def per_try_timeout(self, call: Call, request: Any) -> Exception:
-        error: Exception = self.ReadTimeout(
-            f"{call.method} to {call.upstream.name!r}: no answer within the per-try timeout "
-            f"({call.config.per_try_timeout}s) on try {call.attempt}",
-            request=request,
-        )
-        return error
-
     def fault_response(self, status: int) -> Any:
         return self.Response(
             status, headers=[(b"content-type", b"text/plain")], content=b"fault filter abort"
         )
 
-    def outgoing(self, request: Any, endpoint: Endpoint, call: Call, now: float) -> Any:
-        """The request of one try: same method, path, headers and body, sent to ``endpoint``
-        with the mesh headers and the try's time limit (the ``Host`` header stays the service)."""
+    def base_headers(self, request: Any, call: Call) -> list[tuple[bytes, bytes]]:
+        """The request's headers for every try of ``call``: the app's own, without the per-try
+        mesh headers (the mesh sets those), plus the trace context and request id of the inbound
+        request where the app did not set them itself."""
+        headers = []
+        present = set()
+        for name, value in request.headers.raw:
+            lowered = name.lower()
+            if lowered not in _PER_TRY:
+                headers.append((name, value))
+                present.add(lowered)
+        if call.context is not None:
+            headers.extend(item for item in call.trace_headers() if item[0] not in present)
+        return headers
+
+    def outgoing(
+        self, request: Any, endpoint: Endpoint, call: Call, headers: list[Any], now: float
+    ) -> Any:
+        """The request of one try: same method, path and body, sent to ``endpoint`` with the
+        mesh headers and the try's time limit (the ``Host`` header stays the service name).
+
+        The limit caps each of httpx's own connect, write, read and pool timeouts, in both
+        transports alike: a cancel scope around the whole try would cost as much as the rest of
+        the mesh's work together on every call, and the per-operation caps already bound a hung
+        or slow upstream."""
         url = request.url
         if self._fast_urls:
             new_url = self.URL.__new__(self.URL)
@@ -96,13 +112,6 @@ class HttpLib:
             )
         else:  # pragma: no cover - an httpx without the parsed form
             new_url = url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port)
-        headers = request.headers.copy()
-        if call.context is not None:
-            for name, value in call.trace_headers():
-                if name not in headers:
-                    headers[name] = value
-        for name, value in call.headers(now):
-            headers[name] = value
         extensions = request.extensions
         limit = call.limit
         if limit is not None:
@@ -113,7 +122,11 @@ class HttpLib:
                 timeout[key] = limit if own is None or own > limit else own
             extensions = {**extensions, "timeout": timeout}
         return self.Request(
-            request.method, new_url, headers=headers, stream=request.stream, extensions=extensions
+            request.method,
+            new_url,
+            headers=headers + call.headers(now),
+            stream=request.stream,
+            extensions=extensions,
         )
 
 
@@ -128,9 +141,8 @@ def _tracked_streams(module: Any) -> tuple[type[Any], type[Any]]:
             self._call: Call | None = call
             self._endpoint = endpoint
 
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            async for chunk in self._stream:
-                yield chunk
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            return aiter(self._stream)  # no generator of our own between the body and the app
 
         async def aclose(self) -> None:
             try:
@@ -149,7 +161,7 @@ def _tracked_streams(module: Any) -> tuple[type[Any], type[Any]]:
             self._endpoint = endpoint
 
         def __iter__(self) -> Iterator[bytes]:
-            yield from self._stream
+            return iter(self._stream)
 
         def close(self) -> None:
             try:

@@ -41,6 +41,22 @@ class _Shell:
     def __init__(self, runtime: MeshRuntime | None) -> None:
         self._core = OutboundCore(runtime if runtime is not None else get_runtime())
 
+    def _failed(self, call: Call, exc: Exception, request: Any) -> float:
+        """A try raised ``exc``: the delay before the next try, else the error to raise."""
+        lib = self._lib
+        now = self._core.clock()
+        try:
+            delay = call.failed(
+                lib.classify(exc), now, timed_out=isinstance(exc, lib.TimeoutException)
+            )
+        except Refusal as refusal:
+            call.finish("error", now)
+            raise lib.refusal(refusal, request) from exc
+        if delay is None:
+            call.finish("error", now)
+            raise exc
+        return delay
+
     def _plan(self, request: Any) -> Plan | None:
         return self._core.plan(
             request.method,
@@ -87,6 +103,7 @@ class AsyncMeshShell(_Shell):
             call.finish(plan.abort, clock())
             return lib.fault_response(plan.abort)
         inner = self._inner
+        headers = lib.base_headers(request, call)
         while True:
             now = clock()
             try:
@@ -94,27 +111,12 @@ class AsyncMeshShell(_Shell):
             except Refusal as refusal:
                 call.finish("error", now)
                 raise lib.refusal(refusal, request) from None
-            outgoing = lib.outgoing(request, endpoint, call, now)
             try:
-                if call.limit is None:
-                    response = await inner.handle_async_request(outgoing)
-                else:
-                    with anyio.fail_after(call.limit):
-                        response = await inner.handle_async_request(outgoing)
-            except (TimeoutError, lib.TransportError) as exc:
-                timed_out = isinstance(exc, TimeoutError)
-                now = clock()
-                try:
-                    delay = call.failed("timeout" if timed_out else lib.classify(exc), now)
-                except Refusal as refusal:
-                    call.finish("error", now)
-                    raise lib.refusal(refusal, request) from exc
-                if delay is None:
-                    call.finish("error", now)
-                    if timed_out:
-                        raise lib.per_try_timeout(call, request) from exc
-                    raise
-                await anyio.sleep(delay)
+                response = await inner.handle_async_request(
+                    lib.outgoing(request, endpoint, call, headers, now)
+                )
+            except lib.TransportError as exc:
+                await anyio.sleep(self._failed(call, exc, request))
                 continue
             except BaseException:
                 call.release(endpoint)
@@ -122,23 +124,23 @@ class AsyncMeshShell(_Shell):
                 raise
             now = clock()
             status = response.status_code
-            delay = call.answered(
+            retry = call.answered(
                 status, response.headers.get("retry-after") if status in (429, 503) else None, now
             )
-            if delay is None:
+            if retry is None:
                 call.finish(status, now)
                 response.stream = lib.AsyncTracked(response.stream, call, endpoint)
                 return response
-            await self._discard(response, call)
+            await self._discard(response)
             call.release(endpoint)
-            await anyio.sleep(delay)
+            await anyio.sleep(retry)
 
-    async def _discard(self, response: Any, call: Call) -> None:
-        """Close a retried answer; a small body is read first so the connection is reused."""
+    async def _discard(self, response: Any) -> None:
+        """Close a retried answer; a small body is read first so the connection is reused
+        (bounded in time by the try's read timeout)."""
         try:
             if _drainable(response):
-                with anyio.move_on_after(call.limit or 1.0):
-                    await response.aread()
+                await response.aread()
         except self._lib.TransportError:
             pass
         finally:
@@ -149,7 +151,7 @@ class AsyncMeshShell(_Shell):
         if remaining is not None and delay >= remaining:
             await anyio.sleep(max(remaining, 0.0))
             call.finish("error", self._core.clock())
-            raise self._lib.refusal(Refusal("deadline", call._deadline_message()), request)
+            raise self._lib.refusal(Refusal("deadline", call.deadline_message()), request)
         await anyio.sleep(delay)
 
     async def _resolve(self, upstream: Upstream) -> None:
@@ -215,6 +217,7 @@ class SyncMeshShell(_Shell):
             call.finish(plan.abort, clock())
             return lib.fault_response(plan.abort)
         inner = self._inner
+        headers = lib.base_headers(request, call)
         while True:
             now = clock()
             try:
@@ -222,20 +225,10 @@ class SyncMeshShell(_Shell):
             except Refusal as refusal:
                 call.finish("error", now)
                 raise lib.refusal(refusal, request) from None
-            outgoing = lib.outgoing(request, endpoint, call, now)
             try:
-                response = inner.handle_request(outgoing)
+                response = inner.handle_request(lib.outgoing(request, endpoint, call, headers, now))
             except lib.TransportError as exc:
-                now = clock()
-                try:
-                    delay = call.failed(lib.classify(exc), now)
-                except Refusal as refusal:
-                    call.finish("error", now)
-                    raise lib.refusal(refusal, request) from exc
-                if delay is None:
-                    call.finish("error", now)
-                    raise
-                time.sleep(delay)
+                time.sleep(self._failed(call, exc, request))
                 continue
             except BaseException:
                 call.release(endpoint)
@@ -243,16 +236,16 @@ class SyncMeshShell(_Shell):
                 raise
             now = clock()
             status = response.status_code
-            delay = call.answered(
+            retry = call.answered(
                 status, response.headers.get("retry-after") if status in (429, 503) else None, now
             )
-            if delay is None:
+            if retry is None:
                 call.finish(status, now)
                 response.stream = lib.SyncTracked(response.stream, call, endpoint)
                 return response
             self._discard(response)
             call.release(endpoint)
-            time.sleep(delay)
+            time.sleep(retry)
 
     def _discard(self, response: Any) -> None:
         try:
@@ -268,7 +261,7 @@ class SyncMeshShell(_Shell):
         if remaining is not None and delay >= remaining:
             time.sleep(max(remaining, 0.0))
             call.finish("error", self._core.clock())
-            raise self._lib.refusal(Refusal("deadline", call._deadline_message()), request)
+            raise self._lib.refusal(Refusal("deadline", call.deadline_message()), request)
         time.sleep(delay)
 
     def _resolve(self, upstream: Upstream) -> None:

@@ -342,23 +342,3 @@ class Policy(_Model):
     defaults: Defaults = Defaults()
     services: dict[str, ServicePolicy] = {}
     inbound: dict[str, InboundPolicy] = {}
-
-    @model_validator(mode="after")
-    def _split_targets_exist(self) -> Policy:
-        problems = []
-        for name, service in self.services.items():
-            splits = [("split", service.split)] + [
-                (f"routes.{i}.split", route.split or ()) for i, route in enumerate(service.routes)
-            ]
-            for where, split in splits:
-                for target in split:
-                    if target.service not in self.services:
-                        problems.append(
-                            f"{target.service!r} in services.{name}.{where}"
-                        )
-        if problems:
-            raise ValueError(
-                "expected split targets that are services of this policy, got "
-                + ", ".join(problems)
-            )
-        return self

@@ -9,9 +9,11 @@ test or a chaos drill drives real uvicorn processes on loopback rather than mock
 
 Control paths (never subject to the behaviour): ``GET /_upstream/stats`` (requests seen, per
 method, and the headers of the last request), ``PUT /_upstream/behaviour`` with a behaviour
-string as body, ``POST /_upstream/reset-stats``.
+string as body, ``PUT /_upstream/retry-after`` (a ``Retry-After`` value for 429/503 answers),
+``POST /_upstream/reset-stats``.
 
-Behaviour strings: ``ok``, ``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
+Paths under ``/stream`` answer (when ``ok``) ten chunks 20 ms apart. Behaviour strings: ``ok``,
+``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
 ``flaky:50:503`` (that percent of requests fail with that status, drawn from a seeded RNG so runs
 repeat). ``reset`` closes the connection without an answer, as a crashed upstream does: it starts
 a response with a header h11 refuses, so uvicorn's h11 protocol drops the connection before any
@@ -124,7 +126,7 @@ class FakeUpstream:
         status = 200
         if kind == "fail" or (kind == "flaky" and self._rng.random() * 100 < behaviour.percent):
             status = behaviour.status
-        if path.startswith("/stream"):
+        if status == 200 and path.startswith("/stream"):
             await self._stream(send)
             return
         payload = {

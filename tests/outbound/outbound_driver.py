@@ -25,7 +25,8 @@ VARIANTS = ["httpx-sync", "httpx-asyncio", "httpx-trio", "httpx2-sync", "httpx2-
 
 
 class Driver:
-    def __init__(self, variant: str, runtime: MeshRuntime, portal: Any = None, **kwargs: Any) -> None:
+    def __init__(self, variant: str, runtime: MeshRuntime | None, portal: Any = None,
+                 **kwargs: Any) -> None:
         lib, _, mode = variant.partition("-")
         self.variant = variant
         self.mod: ModuleType = httpx if lib == "httpx" else httpx2
@@ -77,7 +78,7 @@ class Driver:
 
 
 @contextlib.contextmanager
-def driver(variant: str, runtime: MeshRuntime, **kwargs: Any) -> Iterator[Driver]:
+def driver(variant: str, runtime: MeshRuntime | None, **kwargs: Any) -> Iterator[Driver]:
     mode = variant.partition("-")[2]
     if mode == "sync":
         d = Driver(variant, runtime, **kwargs)

@@ -39,7 +39,7 @@ def test_first_try_headers_and_limit() -> None:
     endpoint = call.begin_try(0.0)
     assert endpoint.url in ENDPOINTS and endpoint.outstanding == 1
     assert call.limit == 0.3 and not call.deadline_bound
-    assert dict(call.headers(0.25)) == {"mesh-attempt": "1", "mesh-deadline-ms": "750"}
+    assert dict(call.headers(0.25)) == {b"mesh-attempt": b"1", b"mesh-deadline-ms": b"750"}
     assert call.trace_headers() == []  # no inbound request: nothing to propagate
 
 
@@ -57,8 +57,8 @@ def test_inbound_deadline_caps_the_call() -> None:
     call = make_call(context=context)
     assert call.deadline == 0.2
     call.begin_try(0.0)
-    assert dict(call.headers(0.05))["mesh-deadline-ms"] == "150"
-    headers = dict(call.trace_headers())
+    assert dict(call.headers(0.05))[b"mesh-deadline-ms"] == b"150"
+    headers = {k.decode(): v.decode() for k, v in call.trace_headers()}
     trace_id, parent, flags = parse_traceparent(headers["traceparent"])  # type: ignore[misc]
     assert trace_id == "a" * 32 and parent != "b" * 16 and parent == call.span_id and flags == "01"
     assert headers["x-request-id"] == "rid-1" and headers["tracestate"] == "k=v"
@@ -76,7 +76,7 @@ def test_503_on_get_is_retried_elsewhere_post_is_not() -> None:
     call.release(first)
     second = call.begin_try(0.02)
     assert second is not first and call.attempt == 2
-    assert dict(call.headers(0.02))["mesh-attempt"] == "2"
+    assert dict(call.headers(0.02))[b"mesh-attempt"] == b"2"
     assert sample(call, "mesh_outbound_retries_total", reason="503") == 1.0
     post = make_call("POST")
     post.begin_try(0.0)
@@ -128,8 +128,17 @@ def test_timeout_bound_by_deadline_refuses() -> None:
     call = make_call(service={"timeout": "100ms", "per_try_timeout": "1s"})
     call.begin_try(0.0)
     with pytest.raises(Refusal) as caught:
-        call.failed("timeout", 0.1)
+        call.failed("timeout", 0.1, timed_out=True)
     assert caught.value.kind == "deadline"
+    # A connect timeout at the deadline is the deadline too, not a connect failure to retry.
+    connect = make_call(service={"timeout": "100ms", "per_try_timeout": "1s"})
+    connect.begin_try(0.0)
+    with pytest.raises(Refusal):
+        connect.failed("connect-failure", 0.1, timed_out=True)
+    # A per-try timeout well before the deadline is retried (GET).
+    early = make_call(service={"timeout": "5s", "per_try_timeout": "100ms"})
+    early.begin_try(0.0)
+    assert early.failed("timeout", 0.1, timed_out=True) is not None
 
 
 def test_failures_penalise_and_release() -> None:
@@ -200,3 +209,28 @@ def test_core_reads_the_current_context() -> None:
     finally:
         _current.reset(token)
     assert plan is not None and plan.call.deadline == 0.5
+
+
+def test_service_names_match_hosts_case_insensitively() -> None:
+    rt = runtime({"services": {"Payments": {"endpoints": ENDPOINTS[:1]}}})
+    core = OutboundCore(rt, clock=FakeClock(0.0))
+    plan = core.plan("GET", "payments", "/", replayable=True)
+    assert plan is not None and plan.call.upstream.name == "Payments"
+
+
+def test_pool_timeout_at_the_deadline_is_the_deadline() -> None:
+    call = make_call(service={"timeout": "100ms"})
+    call.begin_try(0.0)
+    with pytest.raises(Refusal) as caught:
+        call.failed(None, 0.1, timed_out=True)
+    assert caught.value.kind == "deadline"
+
+
+def test_split_to_an_undefined_service_is_refused_for_its_share() -> None:
+    rt = runtime({"services": {"pay": {"endpoints": ENDPOINTS[:1], "split": [{"service": "ghost", "weight": 100}]}}})
+    core = OutboundCore(rt, clock=FakeClock(0.0))
+    plan = core.plan("GET", "pay", "/", replayable=True)
+    assert plan is not None
+    with pytest.raises(Refusal) as caught:
+        plan.call.begin_try(0.0)
+    assert caught.value.kind == "no-endpoints" and "'ghost'" in str(caught.value)

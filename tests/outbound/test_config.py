@@ -105,7 +105,6 @@ def test_service_outlier_and_budget_override() -> None:
 @pytest.mark.parametrize(
     ("service", "problem"),
     [
-        ({"split": [{"service": "ghost", "weight": 5}]}, "expected split targets that are services"),
         ({"dns": "no-port"}, 'services.svc.dns: expected "host:port"'),
         ({"dns": "db:5432"}, "services.svc: expected either endpoints or dns"),
         ({"routes": [{"retries": {"budget": {"ratio": 1}}}]}, "services.svc.routes.0.retries: expected no budget"),
@@ -120,3 +119,11 @@ def test_invalid_outbound_policy_is_refused_with_its_path(service: dict, problem
 def test_dns_only_service_is_valid() -> None:
     policy = validate_document({"services": {"db": {"dns": "https://db.internal:8443"}}})
     assert compile_policy(policy).backends["db"].dns == "https://db.internal:8443"
+
+
+def test_split_to_an_undefined_service_gets_a_backend_without_endpoints() -> None:
+    policy = validate_document(
+        {"services": {"svc": {"endpoints": ["http://a:1"], "split": [{"service": "ghost", "weight": 5}]}}}
+    )
+    compiled = compile_policy(policy)
+    assert compiled.backends["ghost"].endpoints == () and "ghost" not in compiled.services

@@ -314,3 +314,48 @@ def test_kwargs_reach_the_inner_transport(variant: str) -> None:
         with pytest.raises(TypeError):
             (d.mesh.MeshTransport if d.sync else d.mesh.AsyncMeshTransport)(runtime=rt, nonsense=1)
         assert isinstance(d.transport, d.mod.BaseTransport if d.sync else d.mod.AsyncBaseTransport)
+
+
+def test_retry_after_past_the_deadline_returns_the_answer(mesh: Any, fake_upstreams: Any) -> None:
+    (busy,) = fake_upstreams.get(1)
+    fake_upstreams.control(busy, "fail:503", retry_after="5")
+    d = mesh({"pay": {"endpoints": [busy], "timeout": "1s",
+                      "outlier_detection": {"consecutive_failures": 100}}})
+    start = time.monotonic()
+    response = d.request("GET", "http://pay/")
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert time.monotonic() - start < 0.5  # did not sleep towards a retry it could not make
+    assert fake_upstreams.stats(busy)["requests"] == 1
+
+
+def test_default_runtime_reads_mesh_upstreams(variant: str, fake_upstreams: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = fake_upstreams.get(2)
+    monkeypatch.setenv("MESH_UPSTREAMS", f"pay={a},{b}")
+    monkeypatch.setenv("MESH_SERVICE", "shop")
+    import asgimesh
+
+    with driver(variant, None) as d:
+        names = {d.request("GET", "http://pay/").json()["upstream"] for _ in range(10)}
+        assert names <= {"u0", "u1"} and names
+        rt = asgimesh.get_runtime()
+        assert rt.metrics.registry.get_sample_value(
+            "mesh_outbound_requests_total",
+            {"service": "shop", "upstream": "pay", "method": "GET", "status": "200"}) == 10
+
+
+def test_fault_delay_waits_and_counts_against_the_deadline(mesh: Any, fake_upstreams: Any) -> None:
+    (ok,) = fake_upstreams.get(1)
+    d = mesh({
+        "slowed": {"endpoints": [ok], "fault": {"delay": {"percent": 100, "duration": "150ms"}}},
+        "doomed": {"endpoints": [ok], "timeout": "100ms",
+                   "fault": {"delay": {"percent": 100, "duration": "1s"}}},
+    })
+    start = time.monotonic()
+    assert d.request("GET", "http://slowed/").status_code == 200
+    assert time.monotonic() - start >= 0.15
+    start = time.monotonic()
+    with pytest.raises(d.mesh.DeadlineExceeded):
+        d.request("GET", "http://doomed/")
+    assert time.monotonic() - start < 0.6  # waited only until the deadline
+    assert fake_upstreams.stats(ok)["requests"] == 1
