@@ -21,6 +21,7 @@ from ..telemetry._inbound import InboundTelemetry
 from ..telemetry._otel import SpanScope, scope_attributes
 from ._admin import Admin
 from ._core import RESPONSE_HEADER, Answer, InboundCore, asgi_fields
+from ._limits import limits_for
 
 __all__ = ["MeshMiddleware"]
 
@@ -44,7 +45,7 @@ class MeshMiddleware:
     def __init__(self, app: ASGIApp, *, runtime: MeshRuntime | None = None) -> None:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
-        self._core = InboundCore(Admin(self.runtime))
+        self._core = InboundCore(Admin(self.runtime), limits=limits_for(self.runtime))
         self._telemetry = InboundTelemetry(self.runtime)
         self._on_request = self.runtime.on_request
 
@@ -70,15 +71,17 @@ class MeshMiddleware:
             return
 
         assert context is not None
+        gate = decision.gate
         telemetry = self._telemetry
         exchange = _Exchange(send, (_ECHO, context.request_id.encode("latin-1")))
         span: SpanScope | None = None
-        tracer = telemetry.spans.tracer(started)
-        if tracer is not None:
-            span = telemetry.spans.start(tracer, context, method, scope_attributes(scope))
-        token = _current.set(context)
+        token = None
         error: BaseException | None = None
         try:
+            tracer = telemetry.spans.tracer(started)
+            if tracer is not None:
+                span = telemetry.spans.start(tracer, context, method, scope_attributes(scope))
+            token = _current.set(context)
             await self.app(scope, receive, exchange.send)
         except Exception as exc:
             # Counted as a 500 and logged, then handed to the server unchanged. Cancellation
@@ -86,7 +89,12 @@ class MeshMiddleware:
             error = exc
             raise
         finally:
-            _current.reset(token)
+            # The concurrency slot goes back first, whatever happened: app error, cancellation
+            # on a client's disconnect, or a failure in the telemetry below.
+            if gate is not None:
+                gate.release()
+            if token is not None:
+                _current.reset(token)
             if span is not None:
                 telemetry.spans.detach(span)
             telemetry.finish(

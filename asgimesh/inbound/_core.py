@@ -5,9 +5,14 @@ out of the server's header list by :func:`asgi_fields` or :func:`environ_fields`
 address and the time; :meth:`InboundCore.decide` answers with one of three things:
 
 * an admin answer (``/_mesh/health``, ``/_mesh/metrics``, ``/_mesh/config``: contract, section 6);
-* a 504 for a request whose caller's deadline has already passed (the app is not called);
+  the admin paths are never subject to the service's limits, so operators reach them while it is
+  overloaded;
+* a 403 for a request that the service's authorization does not allow, a 504 for a request whose
+  caller's deadline has already passed, a 429 for one over the rate or concurrency limit (the app
+  is not called; :mod:`asgimesh.inbound._limits` holds those decisions);
 * go ahead, with the request's :class:`~asgimesh.MeshContext` (request id kept or made, trace
-  continued or started, deadline made absolute on the ``time.monotonic`` clock).
+  continued or started, deadline made absolute on the ``time.monotonic`` clock) and, under a
+  concurrency limit, the slot that the shell releases when the response is done.
 
 No sockets, no clock and no global randomness here: time comes in as ``now`` and ids from an
 injected ``randbits``, so each decision is a plain function call in the tests.
@@ -33,6 +38,7 @@ from .._wire import (
 
 if TYPE_CHECKING:
     from ._admin import Admin
+    from ._limits import ConcurrencyGate, InboundLimits, Limits
 
 __all__ = [
     "ADMIN_PATHS",
@@ -119,6 +125,9 @@ class Decision:
 
     context: MeshContext | None
     answer: Answer | None = None
+    #: The concurrency slot this request holds: the shell releases it exactly once, when the
+    #: response is done (or failed); ``None`` without a concurrency limit.
+    gate: ConcurrencyGate | None = None
 
     @property
     def response_headers(self) -> tuple[tuple[str, str], ...]:
@@ -132,12 +141,17 @@ class InboundCore:
     """Decides each inbound request; one per middleware, shared by all its requests."""
 
     def __init__(
-        self, admin: Admin | None = None, *, randbits: Callable[[int], int] = random.getrandbits
+        self,
+        admin: Admin | None = None,
+        *,
+        randbits: Callable[[int], int] = random.getrandbits,
+        limits: InboundLimits | None = None,
     ) -> None:
         # ``random.getrandbits`` (reseeded after fork) rather than ``os.urandom``: ids must be
         # unique, not secret, and this runs for every request.
         self._admin = admin
         self._randbits = randbits
+        self._limits = limits
 
     def decide(
         self,
@@ -151,8 +165,63 @@ class InboundCore:
         if path in ADMIN_PATHS and self._admin is not None:
             return Decision(None, self._admin.answer(method, path, fields, client))
         context = self.context(fields, now)
+        limits = self._limits.current() if self._limits is not None else None
+        if limits is not None:
+            return self._limited(limits, method, path, fields, context, now)
         if context.deadline is not None and context.deadline <= now:
             return Decision(context, _expired(fields))
+        return Decision(context)
+
+    def _limited(
+        self,
+        limits: Limits,
+        method: str,
+        path: str,
+        fields: Mapping[str, str],
+        context: MeshContext,
+        now: float,
+    ) -> Decision:
+        """The decision under this service's inbound policy: authorization first (a refused
+        caller learns nothing and spends no one's tokens), then the deadline, the rate limit, and
+        last the concurrency slot, taken only when the app is going to be called."""
+        assert self._limits is not None
+        if limits.authorizer is not None:
+            denied = limits.authorizer.check(method, path, context.caller)
+            if denied is not None:
+                self._limits.on_denied()
+                return Decision(context, json_answer(403, "forbidden", denied))
+        if context.deadline is not None and context.deadline <= now:
+            return Decision(context, _expired(fields))
+        if limits.bucket is not None:
+            wait = limits.bucket.take(now)
+            if wait:
+                self._limits.on_rate_limited()
+                bucket = limits.bucket
+                return Decision(
+                    context,
+                    json_answer(
+                        429,
+                        "rate_limited",
+                        f"{self._limits.service!r} accepts {bucket.rate:g} requests a second "
+                        f"(burst {bucket.burst:g}); the next is admitted in {wait:.3f}s",
+                        (("retry-after", str(bucket.retry_after(wait))),),
+                    ),
+                )
+        gate = limits.gate
+        if gate is not None:
+            if not gate.acquire():
+                self._limits.on_rate_limited()
+                return Decision(
+                    context,
+                    json_answer(
+                        429,
+                        "rate_limited",
+                        f"{self._limits.service!r} is already handling its limit of "
+                        f"{gate.limit} concurrent requests",
+                        (("retry-after", "1"),),
+                    ),
+                )
+            return Decision(context, gate=gate)
         return Decision(context)
 
     def context(self, fields: Mapping[str, str], now: float) -> MeshContext:

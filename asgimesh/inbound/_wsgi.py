@@ -23,6 +23,7 @@ from ..telemetry._inbound import InboundTelemetry
 from ..telemetry._otel import SpanScope, environ_attributes
 from ._admin import Admin
 from ._core import RESPONSE_HEADER, InboundCore, environ_fields
+from ._limits import ConcurrencyGate, limits_for
 
 __all__ = ["MeshWSGIMiddleware"]
 
@@ -48,7 +49,7 @@ class MeshWSGIMiddleware:
     def __init__(self, app: WSGIApp, *, runtime: MeshRuntime | None = None) -> None:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
-        self._core = InboundCore(Admin(self.runtime))
+        self._core = InboundCore(Admin(self.runtime), limits=limits_for(self.runtime))
         self._telemetry = InboundTelemetry(self.runtime)
         self._on_request = self.runtime.on_request
 
@@ -75,16 +76,22 @@ class MeshWSGIMiddleware:
         assert context is not None
         telemetry = self._telemetry
         span: SpanScope | None = None
-        tracer = telemetry.spans.tracer(started)
-        if tracer is not None:
-            span = telemetry.spans.start(tracer, context, method, environ_attributes(environ))
+        try:
+            tracer = telemetry.spans.tracer(started)
+            if tracer is not None:
+                span = telemetry.spans.start(tracer, context, method, environ_attributes(environ))
+        except BaseException:
+            if decision.gate is not None:
+                decision.gate.release()
+            raise
         call = _Call(telemetry, context, method, path, client, started, span, start_response)
+        call.gate = decision.gate
         call.extra = list(decision.response_headers)
         token = _current.set(context)
         try:
             result = self.app(environ, call.start_response)
-        except Exception as exc:
-            call.finish(exc)
+        except BaseException as exc:
+            call.finish(exc if isinstance(exc, Exception) else None)
             raise
         finally:
             _current.reset(token)
@@ -102,6 +109,7 @@ class _Call:
         "context",
         "done",
         "extra",
+        "gate",
         "method",
         "path",
         "span",
@@ -130,6 +138,8 @@ class _Call:
         self.span = span
         self._start_response = start_response
         self.extra: list[tuple[str, str]] = []
+        #: The concurrency slot, released in :meth:`finish` (the one end-of-request path).
+        self.gate: ConcurrencyGate | None = None
         self.status = 500
         self.done = False
 
@@ -150,6 +160,8 @@ class _Call:
         if self.done:
             return
         self.done = True
+        if self.gate is not None:
+            self.gate.release()
         self.telemetry.finish(
             self.context,
             self.method,
