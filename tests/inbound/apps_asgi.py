@@ -3,6 +3,7 @@ import, from the ``MESH_*`` the test gives the process)."""
 
 from __future__ import annotations
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -57,6 +58,12 @@ async def status(request: Request) -> Response:
     return Response(status_code=int(request.path_params["code"]))
 
 
+async def slow(request: Request) -> PlainTextResponse:
+    """Answers after ``?s=`` seconds (a request that stays in flight)."""
+    await anyio.sleep(float(request.query_params.get("s", "1")))
+    return PlainTextResponse("slow")
+
+
 async def echo(websocket: WebSocket) -> None:
     await websocket.accept()
     async for text in websocket.iter_text():
@@ -68,6 +75,7 @@ routes = [
     Route("/stream", stream),
     Route("/upload", upload, methods=["POST"]),
     Route("/boom", boom),
+    Route("/slow", slow),
     Route("/status/{code:int}", status, methods=["GET", "POST", "BREW"]),
     WebSocketRoute("/ws", echo),
 ]

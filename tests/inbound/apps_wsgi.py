@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ def whoami_body() -> bytes:
 
 
 def bare(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    """A plain WSGI app: /whoami, /stream?mb=N, /upload, /boom, /status/N."""
+    """A plain WSGI app: /whoami, /stream?mb=N, /upload, /slow?s=N, /boom, /status/N."""
     path = environ["PATH_INFO"]
     if path == "/whoami":
         start_response("200 OK", [("content-type", "application/json")])
@@ -49,6 +50,10 @@ def bare(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
             left -= len(chunk)
         start_response("200 OK", [("content-type", "text/plain")])
         return [str(size).encode()]
+    if path == "/slow":
+        time.sleep(float(environ.get("QUERY_STRING", "s=1").partition("=")[2] or 1))
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"slow"]
     if path == "/boom":
         raise RuntimeError("boom from the app")
     if path == "/context-in-body":

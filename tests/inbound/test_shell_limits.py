@@ -284,3 +284,23 @@ def test_wsgi_slot_is_released_when_the_app_raises(make_runtime) -> None:
     assert limits_for(runtime).current().gate.in_flight == 0  # type: ignore[union-attr]
     assert inbound(runtime, "500") == 2
     assert inbound(runtime, "429") == 0
+
+
+def test_policy_file_rewrite_applies_within_2_seconds(make_shell, tmp_path) -> None:
+    import time
+
+    config = tmp_path / "policy.yaml"
+    config.write_text("inbound:\n  web:\n    concurrency_limit: 10\n")
+    shell = make_shell(service="web", config=str(config))
+    assert [shell.get("/whoami").status_code for _ in range(3)] == [200, 200, 200]
+    config.write_text(
+        "inbound:\n  web:\n    rate_limit: {requests_per_second: 0.001, burst: 1}\n"
+    )
+    deadline = time.monotonic() + 2.0
+    statuses: list[int] = []
+    while 429 not in statuses:
+        assert time.monotonic() < deadline, f"the new limit did not apply within 2 s: {statuses}"
+        statuses.append(shell.get("/whoami").status_code)
+        time.sleep(0.02)
+    assert sample(shell.runtime, "mesh_rate_limited_total") == 1
+    assert shell.get("/whoami").status_code == 429
