@@ -7,9 +7,9 @@ address and the time; :meth:`InboundCore.decide` answers with one of three thing
 * an admin answer (``/_mesh/health``, ``/_mesh/metrics``, ``/_mesh/config``: contract, section 6);
   the admin paths are never subject to the service's limits, so operators reach them while it is
   overloaded;
-* a 403 for a request that the service's authorization does not allow, a 504 for a request whose
-  caller's deadline has already passed, a 429 for one over the rate or concurrency limit (the app
-  is not called; :mod:`asgimesh.inbound._limits` holds those decisions);
+* a 504 for a request whose caller's deadline has already passed, a 403 for one that the
+  service's authorization does not allow, a 429 for one over its rate or concurrency limit (the
+  app is not called; :mod:`asgimesh.inbound._limits` makes those decisions);
 * go ahead, with the request's :class:`~asgimesh.MeshContext` (request id kept or made, trace
   continued or started, deadline made absolute on the ``time.monotonic`` clock) and, under a
   concurrency limit, the slot that the shell releases when the response is done.
@@ -38,7 +38,7 @@ from .._wire import (
 
 if TYPE_CHECKING:
     from ._admin import Admin
-    from ._limits import ConcurrencyGate, InboundLimits, Limits
+    from ._limits import ConcurrencyGate, InboundLimits
 
 __all__ = [
     "ADMIN_PATHS",
@@ -165,63 +165,14 @@ class InboundCore:
         if path in ADMIN_PATHS and self._admin is not None:
             return Decision(None, self._admin.answer(method, path, fields, client))
         context = self.context(fields, now)
-        limits = self._limits.current() if self._limits is not None else None
-        if limits is not None:
-            return self._limited(limits, method, path, fields, context, now)
         if context.deadline is not None and context.deadline <= now:
             return Decision(context, _expired(fields))
-        return Decision(context)
-
-    def _limited(
-        self,
-        limits: Limits,
-        method: str,
-        path: str,
-        fields: Mapping[str, str],
-        context: MeshContext,
-        now: float,
-    ) -> Decision:
-        """The decision under this service's inbound policy: authorization first (a refused
-        caller learns nothing and spends no one's tokens), then the deadline, the rate limit, and
-        last the concurrency slot, taken only when the app is going to be called."""
-        assert self._limits is not None
-        if limits.authorizer is not None:
-            denied = limits.authorizer.check(method, path, context.caller)
-            if denied is not None:
-                self._limits.on_denied()
-                return Decision(context, json_answer(403, "forbidden", denied))
-        if context.deadline is not None and context.deadline <= now:
-            return Decision(context, _expired(fields))
-        if limits.bucket is not None:
-            wait = limits.bucket.take(now)
-            if wait:
-                self._limits.on_rate_limited()
-                bucket = limits.bucket
-                return Decision(
-                    context,
-                    json_answer(
-                        429,
-                        "rate_limited",
-                        f"{self._limits.service!r} accepts {bucket.rate:g} requests a second "
-                        f"(burst {bucket.burst:g}); the next is admitted in {wait:.3f}s",
-                        (("retry-after", str(bucket.retry_after(wait))),),
-                    ),
-                )
-        gate = limits.gate
-        if gate is not None:
-            if not gate.acquire():
-                self._limits.on_rate_limited()
-                return Decision(
-                    context,
-                    json_answer(
-                        429,
-                        "rate_limited",
-                        f"{self._limits.service!r} is already handling its limit of "
-                        f"{gate.limit} concurrent requests",
-                        (("retry-after", "1"),),
-                    ),
-                )
-            return Decision(context, gate=gate)
+        source = self._limits
+        if source is not None:
+            limits = source.current()  # None unless this service has an inbound policy
+            if limits is not None:
+                answer, gate = limits.admit(method, path, context.caller, now)
+                return Decision(context, answer, gate)
         return Decision(context)
 
     def context(self, fields: Mapping[str, str], now: float) -> MeshContext:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..policy import PolicySnapshot
 from ..policy._model import AuthorizationRule, InboundPolicy
+from ._core import Answer, json_answer
 
 if TYPE_CHECKING:
     from .._runtime import MeshRuntime
@@ -184,15 +185,36 @@ class Authorizer:
 # ---- one compiled policy -----------------------------------------------------------------------
 
 
+def _noop() -> None:
+    pass
+
+
 class Limits:
     """One version of this service's inbound policy, ready for the hot path."""
 
-    __slots__ = ("authorizer", "bucket", "gate", "policy")
+    __slots__ = (
+        "authorizer",
+        "bucket",
+        "gate",
+        "on_denied",
+        "on_rate_limited",
+        "policy",
+        "service",
+    )
 
     def __init__(
-        self, service: str, policy: InboundPolicy, gate: ConcurrencyGate | None = None
+        self,
+        service: str,
+        policy: InboundPolicy,
+        gate: ConcurrencyGate | None = None,
+        *,
+        on_rate_limited: Callable[[], None] = _noop,
+        on_denied: Callable[[], None] = _noop,
     ) -> None:
+        self.service = service
         self.policy = policy
+        self.on_rate_limited = on_rate_limited
+        self.on_denied = on_denied
         self.authorizer = (
             Authorizer(service, policy.authorization) if policy.authorization is not None else None
         )
@@ -206,6 +228,42 @@ class Limits:
             self.gate = gate
         else:
             self.gate = ConcurrencyGate(limit)
+
+    def admit(
+        self, method: str, path: str, caller: str | None, now: float
+    ) -> tuple[Answer | None, ConcurrencyGate | None]:
+        """Admit a request at ``now``: ``(None, slot)`` to call the app (``slot`` is ``None``
+        without a concurrency limit; else release it when the response is done), or the 403/429
+        answer and ``None``.
+
+        Authorization comes first, so a refused caller spends no token; the slot comes last, so
+        it is taken only when the app is going to be called.
+        """
+        if self.authorizer is not None:
+            denied = self.authorizer.check(method, path, caller)
+            if denied is not None:
+                self.on_denied()
+                return json_answer(403, "forbidden", denied), None
+        bucket = self.bucket
+        if bucket is not None:
+            wait = bucket.take(now)
+            if wait:
+                self.on_rate_limited()
+                detail = (
+                    f"{self.service!r} accepts {bucket.rate:g} requests a second "
+                    f"(burst {bucket.burst:g}); the next is admitted in {wait:.3f}s"
+                )
+                retry_after = (("retry-after", str(bucket.retry_after(wait))),)
+                return json_answer(429, "rate_limited", detail, retry_after), None
+        gate = self.gate
+        if gate is not None and not gate.acquire():
+            self.on_rate_limited()
+            detail = (
+                f"{self.service!r} is already handling its limit of {gate.limit} "
+                "concurrent requests"
+            )
+            return json_answer(429, "rate_limited", detail, (("retry-after", "1"),)), None
+        return None, gate
 
 
 class _Store(Protocol):
@@ -223,8 +281,8 @@ class InboundLimits:
         service: str,
         store: _Store,
         *,
-        on_rate_limited: Callable[[], None] = lambda: None,
-        on_denied: Callable[[], None] = lambda: None,
+        on_rate_limited: Callable[[], None] = _noop,
+        on_denied: Callable[[], None] = _noop,
     ) -> None:
         self.service = service
         self._store = store
@@ -259,7 +317,13 @@ class InboundLimits:
             elif old is not None and old.policy == policy:
                 limits = old  # unchanged for this service: keep its buckets
             else:
-                limits = Limits(self.service, policy, old.gate if old is not None else None)
+                limits = Limits(
+                    self.service,
+                    policy,
+                    old.gate if old is not None else None,
+                    on_rate_limited=self.on_rate_limited,
+                    on_denied=self.on_denied,
+                )
             self._state = (snapshot, limits)
             return limits
 

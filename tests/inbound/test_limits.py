@@ -174,7 +174,9 @@ class Counted:
         self.denied = 0
 
 
-def make_core(inbound: dict[str, Any], service: str = "web") -> tuple[InboundCore, FakeStore, Counted]:
+def make_core(
+    inbound: dict[str, Any], service: str = "web"
+) -> tuple[InboundCore, FakeStore, Counted]:
     store = FakeStore(snapshot(inbound))
     counted = Counted()
 

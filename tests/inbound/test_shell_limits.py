@@ -293,9 +293,7 @@ def test_policy_file_rewrite_applies_within_2_seconds(make_shell, tmp_path) -> N
     config.write_text("inbound:\n  web:\n    concurrency_limit: 10\n")
     shell = make_shell(service="web", config=str(config))
     assert [shell.get("/whoami").status_code for _ in range(3)] == [200, 200, 200]
-    config.write_text(
-        "inbound:\n  web:\n    rate_limit: {requests_per_second: 0.001, burst: 1}\n"
-    )
+    config.write_text("inbound:\n  web:\n    rate_limit: {requests_per_second: 0.001, burst: 1}\n")
     deadline = time.monotonic() + 2.0
     statuses: list[int] = []
     while 429 not in statuses:
