@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -328,22 +327,26 @@ class InboundLimits:
             return limits
 
 
-_shared: weakref.WeakKeyDictionary[MeshRuntime, InboundLimits] = weakref.WeakKeyDictionary()
-_shared_lock = threading.Lock()
+#: Where a runtime keeps its :class:`InboundLimits` (on the runtime itself, so that it lives and
+#: dies with it: a module-level mapping would keep every runtime alive through the store).
+_ATTRIBUTE = "_asgimesh_inbound_limits"
+_made_lock = threading.Lock()
 
 
 def limits_for(runtime: MeshRuntime) -> InboundLimits:
     """The runtime's one :class:`InboundLimits`: every middleware on a runtime shares its
     buckets and its in-flight count, as they serve one service."""
-    with _shared_lock:
-        limits = _shared.get(runtime)
-        if limits is None:
-            metrics = runtime.metrics
-            limits = InboundLimits(
-                runtime.settings.service,
-                runtime.policy,
-                on_rate_limited=metrics.rate_limited.inc,
-                on_denied=metrics.authz_denied.inc,
-            )
-            _shared[runtime] = limits
-        return limits
+    limits: InboundLimits | None = getattr(runtime, _ATTRIBUTE, None)
+    if limits is None:
+        with _made_lock:
+            limits = getattr(runtime, _ATTRIBUTE, None)
+            if limits is None:
+                metrics = runtime.metrics
+                limits = InboundLimits(
+                    runtime.settings.service,
+                    runtime.policy,
+                    on_rate_limited=metrics.rate_limited.inc,
+                    on_denied=metrics.authz_denied.inc,
+                )
+                setattr(runtime, _ATTRIBUTE, limits)
+    return limits

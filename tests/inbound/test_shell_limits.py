@@ -302,3 +302,34 @@ def test_policy_file_rewrite_applies_within_2_seconds(make_shell, tmp_path) -> N
         time.sleep(0.02)
     assert sample(shell.runtime, "mesh_rate_limited_total") == 1
     assert shell.get("/whoami").status_code == 429
+
+
+def test_asgi_and_wsgi_on_one_runtime_share_the_limit(make_runtime) -> None:
+    runtime = make_runtime(service="web", policy=policy(concurrency_limit=1))
+    wsgi = MeshWSGIMiddleware(streaming, runtime=runtime)
+    asgi = MeshMiddleware(Blocking(), runtime=runtime)
+    body = wsgi(environ(), Started())
+    assert next(iter(body)) == b"a"
+
+    async def call_asgi() -> int:
+        async with asgi_client(asgi) as client:
+            return (await client.get("/")).status_code
+
+    assert anyio.run(call_asgi) == 429
+    body.close()  # type: ignore[attr-defined]
+    assert sample(runtime, "mesh_rate_limited_total") == 1
+
+
+def test_a_runtime_is_not_kept_alive_by_its_limits() -> None:
+    import gc
+    import weakref
+
+    from asgimesh import MeshRuntime, MeshSettings
+
+    runtime = MeshRuntime(MeshSettings.from_env(service="web", policy=policy(concurrency_limit=1)))
+    assert limits_for(runtime) is limits_for(runtime)
+    MeshMiddleware(Blocking(), runtime=runtime)
+    ref = weakref.ref(runtime)
+    del runtime
+    gc.collect()
+    assert ref() is None
