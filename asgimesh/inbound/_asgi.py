@@ -4,7 +4,8 @@ The shell is thin: it picks the mesh's headers out of the scope, asks
 :class:`~asgimesh.inbound._core.InboundCore` what to do, and either sends the mesh's own answer or
 calls the app with the request's :class:`~asgimesh.MeshContext` set as the context variable that
 outbound calls read. Messages pass through one by one in both directions, so request and
-response bodies stay streaming; ``lifespan`` and ``websocket`` scopes go straight to the app.
+response bodies stay streaming; ``lifespan`` and ``websocket`` scopes go straight to the app
+(but for a WebSocket handshake that the service's authorization refuses: answered 403).
 Per-request state lives in an :class:`_Exchange` made for the call (Starlette's
 ``GZipResponder`` pattern), never on the middleware.
 """
@@ -51,6 +52,11 @@ class MeshMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                refused = self._core.websocket(scope["path"])
+                if refused is not None:
+                    await _refuse_websocket(scope, receive, send, refused)
+                    return
             await self.app(scope, receive, send)
             return
         if self._on_request is not None:
@@ -134,6 +140,22 @@ class _Exchange:
             # A copy: the app may reuse its message dicts.
             message = {**message, "headers": headers}
         return self._send(message)
+
+
+async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, answer: Answer) -> None:
+    """Refuse a handshake: with the mesh's HTTP answer where the server offers the ASGI
+    WebSocket Denial Response extension, else by closing before accepting (servers then answer
+    the handshake 403)."""
+    await receive()  # websocket.connect
+    if "websocket.http.response" in scope.get("extensions", {}):
+        headers = _encode(answer.headers)
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+        await send(
+            {"type": "websocket.http.response.start", "status": answer.status, "headers": headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": answer.body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})  # policy violation
 
 
 def _encode(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:

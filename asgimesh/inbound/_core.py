@@ -175,6 +175,25 @@ class InboundCore:
                 return Decision(context, answer, gate)
         return Decision(context)
 
+    def websocket(self, path: str) -> Answer | None:
+        """The 403 for a WebSocket handshake that authorization refuses, else ``None``.
+
+        A handshake is authorized as a ``GET`` of its path, so a policy's rules cannot be
+        side-stepped by upgrading. The rate and concurrency limits count requests, not
+        long-lived connections, and do not apply.
+        """
+        source = self._limits
+        if source is None:
+            return None
+        limits = source.current()
+        if limits is None or limits.authorizer is None:
+            return None
+        denied = limits.authorizer.check("GET", path, None)  # no verified identity yet
+        if denied is None:
+            return None
+        limits.on_denied()
+        return json_answer(403, "forbidden", denied)
+
     def context(self, fields: Mapping[str, str], now: float) -> MeshContext:
         """The request's mesh context from its headers; anything malformed counts as absent."""
         # Runs for every request: parsers are called only for headers that came, and ids are

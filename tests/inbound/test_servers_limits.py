@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 SLOW = 1.5  # seconds the slow endpoint keeps its request in flight
 
@@ -141,3 +143,9 @@ def test_rate_limit_and_authorization_over_sockets(spawn, tmp_path) -> None:
     assert denied.json()["detail"].startswith("no verified caller identity")
     assert httpx.get(base + "/status/204", timeout=5).status_code == 204  # no rate limit now
     assert metric(base, "mesh_authz_denied_total") == 1
+    # Upgrading to a WebSocket does not side-step authorization.
+    with pytest.raises(InvalidStatus) as refused_ws:
+        connect(base.replace("http", "ws") + "/ws", open_timeout=10)
+    assert refused_ws.value.response.status_code == 403
+    assert b"forbidden" in (refused_ws.value.response.body or b"")
+    assert metric(base, "mesh_authz_denied_total") == 2

@@ -333,3 +333,45 @@ def test_a_runtime_is_not_kept_alive_by_its_limits() -> None:
     del runtime
     gc.collect()
     assert ref() is None
+
+
+# ---- ASGI: a WebSocket handshake is authorized as a GET of its path ---------------------------
+
+
+async def handshake(runtime: Any, path: str, extensions: dict[str, Any]) -> tuple[list[Any], bool]:
+    """Run one handshake through the middleware: the messages it sent, and whether the app ran."""
+    called: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append(True)
+
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": path, "headers": [], "extensions": extensions}
+    await MeshMiddleware(app, runtime=runtime)(scope, receive, send)
+    return sent, bool(called)
+
+
+@pytest.mark.anyio
+async def test_websocket_handshake_refused_by_authorization(make_runtime) -> None:
+    runtime = make_runtime(
+        service="web", policy=policy(authorization=[{"allow": {"paths": ["/open/*"]}}])
+    )
+    sent, called = await handshake(runtime, "/ws", {"websocket.http.response": {}})
+    assert not called
+    assert sent[0]["type"] == "websocket.http.response.start"
+    assert sent[0]["status"] == 403
+    assert json.loads(sent[1]["body"])["error"] == "forbidden"
+    sent, called = await handshake(runtime, "/ws", {})  # no denial-response extension
+    assert not called
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert sample(runtime, "mesh_authz_denied_total") == 2
+    sent, called = await handshake(runtime, "/open/ws", {})
+    assert called
+    assert sent == []
