@@ -14,7 +14,7 @@ from typing import Protocol
 
 import structlog
 
-from ._errors import PolicyError
+from ._errors import ConfigError, PolicyError
 from .policy import PolicySnapshot, PolicyStore
 from .policy._file_source import FilePolicySource
 from .settings import MeshSettings
@@ -45,6 +45,14 @@ class MeshRuntime:
 
     def __init__(self, settings: MeshSettings | None = None, *, start: bool = True) -> None:
         self.settings = settings if settings is not None else MeshSettings.from_env()
+        if self.settings.mtls == "strict":
+            # Fail closed and say so, rather than start a service that looks protected but is not
+            # (or one that answers every caller 401).
+            raise ConfigError(
+                "MESH_MTLS='strict': refusing callers without a verified identity needs caller "
+                "identity verification, which this version of asgimesh does not have yet; "
+                "use 'off' or 'permissive'"
+            )
         self.metrics = MeshMetrics(self.settings.service)
         self.policy = PolicyStore.from_settings(self.settings)
         self.policy.subscribe(self._applied)

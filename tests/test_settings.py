@@ -93,3 +93,15 @@ def test_bad_setting_stops_start_up_with_one_line(spawn, tmp_path) -> None:
     )
     assert proc.returncode != 0
     assert "MESH_TIMEOUT='fast'" in proc.stderr
+
+
+def test_strict_mtls_is_refused_at_start_up_until_identity_verification_exists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asgimesh import MeshRuntime
+
+    monkeypatch.setenv("MESH_MTLS", "strict")
+    with pytest.raises(ConfigError, match=r"MESH_MTLS='strict': .*use 'off' or 'permissive'"):
+        MeshRuntime()
+    monkeypatch.setenv("MESH_MTLS", "permissive")
+    assert MeshRuntime(start=False).settings.mtls == "permissive"
