@@ -28,6 +28,8 @@ class MeshContext:
     deadline: float | None = None
     #: The caller's verified SPIFFE ID, or ``None`` where no identity was verified.
     caller: str | None = None
+    #: The caller's span (from its ``traceparent``); ``None`` where this request started the trace.
+    parent_span_id: str | None = None
 
     def remaining(self, now: float | None = None) -> float | None:
         """Seconds left before the deadline (never negative), or ``None`` without one."""

@@ -9,6 +9,7 @@ that want several isolated runtimes build :class:`MeshRuntime` themselves and pa
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -50,6 +51,10 @@ class MeshRuntime:
         self.policy.on_failure(self._refused)
         self.metrics.policy_version.set(self.policy.current.version)
         self.source: PolicySource | None = self._make_source()
+        #: Call once per request (inbound middleware, outbound transports): lets a config source
+        #: without background work (serverless mode) refresh. Never blocks; a no-op otherwise.
+        #: ``None`` where the source has no such hook, so the shells skip the call entirely.
+        self.on_request: Callable[[], None] | None = getattr(self.source, "on_request", None)
         if self.source is not None:
             self.source.load()
             if start:

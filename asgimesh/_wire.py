@@ -18,10 +18,13 @@ __all__ = [
     "parse_grpc_timeout",
     "parse_request_id",
     "parse_traceparent",
+    "parse_tracestate",
 ]
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+#: W3C ``tracestate``: at most 32 comma-separated ``key=value`` members, printable ASCII.
+_TRACESTATE = re.compile(r"^[\x20-\x7e]{0,512}$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -40,6 +43,17 @@ def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
     return trace_id, span_id, flags
 
 
+def parse_tracestate(value: str | None) -> str | None:
+    """A caller's ``tracestate`` if it is at most 512 printable ASCII characters in at most 32
+    ``key=value`` members, else ``None``. Vendors' values are opaque: kept, not interpreted."""
+    if not value or not _TRACESTATE.match(value):
+        return None
+    members = [m.strip() for m in value.split(",") if m.strip()]
+    if not members or len(members) > 32 or any("=" not in m for m in members):
+        return None
+    return ",".join(members)
+
+
 def parse_request_id(value: str | None) -> str | None:
     """A caller's ``x-request-id`` if it is 1-200 visible ASCII characters, else ``None``."""
     if value and _REQUEST_ID.match(value):
@@ -51,7 +65,8 @@ def _positive_number(value: str | None, limit: int = 12) -> float | None:
     if not value:
         return None
     text = value.strip()
-    if not text or len(text) > limit or not text.isdigit():
+    # isascii(): str.isdigit() also accepts "²" and other digits that float() refuses.
+    if not text or len(text) > limit or not text.isascii() or not text.isdigit():
         return None
     return float(text)
 
@@ -73,7 +88,7 @@ def parse_grpc_timeout(value: str | None) -> float | None:
     if not value or len(value) < 2 or len(value) > 9:
         return None
     digits, unit = value[:-1], value[-1]
-    if not digits.isdigit() or unit not in _GRPC_UNITS:
+    if not digits.isascii() or not digits.isdigit() or unit not in _GRPC_UNITS:
         return None
     return int(digits) * _GRPC_UNITS[unit]
 

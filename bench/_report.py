@@ -24,10 +24,8 @@ def median(values: Sequence[float]) -> float:
 def machine() -> str:
     import os
 
-    return (
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} cores, {platform.machine()}"
-    )
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{python}, {os.cpu_count()} cores, {platform.machine()}"
 
 
 def write_section(name: str, body: str, command: str) -> None:
@@ -38,8 +36,8 @@ def write_section(name: str, body: str, command: str) -> None:
         f"Command: `{command}` — {stamp}, {machine()}.\n<!-- /bench:{name} -->"
     )
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    fence = re.escape(name)
-    pattern = re.compile(rf"<!-- bench:{fence} -->.*?<!-- /bench:{fence} -->", re.S)
+    tag = re.escape(name)
+    pattern = re.compile(rf"<!-- bench:{tag} -->.*?<!-- /bench:{tag} -->", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:

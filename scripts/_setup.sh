@@ -25,11 +25,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$inputs" ]; then
     echo "$inputs" > "$stamp"
 fi
 
-# System packages the tests start for real (etcd) and the benchmarks drive with (wrk).
+# System packages the tests start for real (etcd, and chromium for the dashboard's browser
+# test) and the benchmarks drive with (wrk).
 need_apt() { ! command -v "$1" >/dev/null 2>&1; }
 missing=()
 need_apt etcd && missing+=(etcd-server)
 need_apt wrk && missing+=(wrk)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing ${missing[*]} with apt-get" >&2

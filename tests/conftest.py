@@ -224,6 +224,16 @@ def spawn(tmp_path: Path) -> Iterator[Spawner]:
         spawner.close()
 
 
+@pytest.fixture(scope="module")
+def module_spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spawner]:
+    """Like ``spawn``, for servers that every test of a module shares (read-only tests)."""
+    spawner = Spawner(tmp_path_factory.mktemp("servers"))
+    try:
+        yield spawner
+    finally:
+        spawner.close()
+
+
 # ---- outbound: fake upstreams (asgimesh.testing.FakeUpstream under real uvicorn) ----------------
 
 
@@ -277,3 +287,100 @@ def _fake_upstream_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fa
 def fake_upstreams(_fake_upstream_pool: FakeUpstreams) -> FakeUpstreams:
     """Fake upstreams on loopback that a test makes fail, hang, reset or slow down."""
     return _fake_upstream_pool
+
+
+# ---- control plane: etcd and control-plane processes --------------------------------------------
+
+
+class Etcd:
+    """A real single-member etcd on loopback ports of its own, data in the test's temp dir.
+
+    :meth:`stop` and :meth:`start` again keep the ports and the data, as an etcd restart would.
+    """
+
+    def __init__(self, spawner: Spawner, data_dir: Path) -> None:
+        self._spawner = spawner
+        self.data_dir = data_dir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.client_port}"
+        self.url = f"etcd://127.0.0.1:{self.client_port}"
+        self.process: ServerProcess | None = None
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.process = self._spawner.start(
+            [
+                "etcd",
+                "--name=test",
+                f"--data-dir={self.data_dir}",
+                f"--listen-client-urls={self.endpoint}",
+                f"--advertise-client-urls={self.endpoint}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=test={peer}",
+                "--log-level=error",
+            ],
+            port=self.client_port,
+            ready_path="/version",
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+@pytest.fixture
+def etcd(spawn: Spawner, tmp_path: Path) -> Etcd:
+    """A running etcd (``etcd.url`` is ``etcd://127.0.0.1:PORT``); skipped without the binary."""
+    import shutil
+
+    if shutil.which("etcd") is None:
+        pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
+    server = Etcd(spawn, tmp_path / "etcd")
+    server.start()
+    return server
+
+
+class ControlPlaneStarter:
+    """Starts real ``asgimesh control-plane`` processes; ``start()`` returns the process, whose
+    ``url`` is the control plane's and whose ``admin_token`` opens its admin calls."""
+
+    admin_token = "test-admin-token"
+
+    def __init__(self, spawner: Spawner, tmp_path: Path) -> None:
+        self._spawner = spawner
+        self._tmp_path = tmp_path
+        self._count = 0
+
+    def start(
+        self,
+        *extra: str,
+        store: str | None = None,
+        state_dir: Path | None = None,
+        port: int | None = None,
+    ) -> ServerProcess:
+        self._count += 1
+        state = state_dir or self._tmp_path / f"cp{self._count}"
+        args = [
+            sys.executable,
+            "-m",
+            "asgimesh",
+            "control-plane",
+            "--port",
+            "{port}",
+            "--state-dir",
+            str(state),
+            "--admin-token",
+            self.admin_token,
+            *(["--store", store] if store else []),
+            *extra,
+        ]
+        return self._spawner.start(args, port=port, ready_path="/v1/trust-bundle")
+
+
+@pytest.fixture
+def control_plane_process(spawn: Spawner, tmp_path: Path) -> ControlPlaneStarter:
+    """Start real control-plane processes (SQLite in the test's temp dir unless ``store=``)."""
+    return ControlPlaneStarter(spawn, tmp_path)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ..__version__ import __version__
 from .._errors import ConfigError
-from . import _policy, _serve
+from . import _controlplane, _demo, _policy, _serve
 
 __all__ = ["main"]
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"asgimesh {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (_policy, _serve):
+    for module in (_controlplane, _policy, _serve, _demo):
         module.register(commands)
     return parser
 

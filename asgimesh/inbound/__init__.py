@@ -1,17 +1,12 @@
-"""Inbound: the ASGI and WSGI middleware that handle every call a service receives."""
+"""Inbound: the ASGI and WSGI middleware that handle every call a service receives.
+
+Both are thin shells around one sans-I/O core (:mod:`asgimesh.inbound._core`) and one set of
+admin paths (:mod:`asgimesh.inbound._admin`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from ._asgi import MeshMiddleware
+from ._wsgi import MeshWSGIMiddleware
 
 __all__ = ["MeshMiddleware", "MeshWSGIMiddleware"]
-
-
-class MeshMiddleware:  # placeholder until issue 2's inbound path lands
-    def __init__(self, app: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("MeshMiddleware arrives with issue 2")
-
-
-class MeshWSGIMiddleware:  # placeholder until issue 2's inbound path lands
-    def __init__(self, app: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("MeshWSGIMiddleware arrives with issue 2")

@@ -1,0 +1,173 @@
+"""``asgimesh control-plane`` (run the server), ``token create SERVICE`` and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from .._durations import parse_duration
+from ..controlplane._etcd import EtcdError
+from ..controlplane._store import Store, open_store
+from ._client import EXIT_UNREACHABLE, CommandFailedError, add_server_options, call, fail
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    server = commands.add_parser(
+        "control-plane",
+        help="run the control plane (policy, tokens, trust bundle, dashboard)",
+        description="Serve the mesh control plane. State lives in a SQLite file in --state-dir "
+        "unless --store etcd://host:port[/prefix] keeps it in etcd for several replicas.",
+    )
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=7070)
+    server.add_argument(
+        "--store",
+        default="",
+        help="etcd://host:port[/prefix], sqlite:///path or a file path "
+        "(default: STATE_DIR/controlplane.db)",
+    )
+    server.add_argument(
+        "--admin-token",
+        help="bearer token for admin calls (default: MESH_ADMIN_TOKEN; else one is made and "
+        "kept in STATE_DIR/admin-token)",
+    )
+    server.add_argument(
+        "--state-dir",
+        default=".asgimesh-controlplane",
+        help="where the SQLite file, the mesh CA and the signing key live",
+    )
+    server.add_argument("--trust-domain", default=None, help="default: MESH_TRUST_DOMAIN")
+    server.add_argument("--max-wait", default="60s", help="longest long poll (default 60s)")
+    server.add_argument(
+        "--stale-after", default="60s", help="forget instances silent this long (default 60s)"
+    )
+    server.add_argument(
+        "--store-wait", default="10s", help="how long to wait for the store at start (10s)"
+    )
+    server.add_argument("--log-format", choices=["json", "console"], default="json")
+    server.set_defaults(handler=control_plane_command)
+
+    token = commands.add_parser("token", help="create service tokens")
+    actions = token.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="print a new token for SERVICE")
+    create.add_argument("service")
+    create.add_argument("--namespace", default="default")
+    add_server_options(create)
+    create.set_defaults(handler=token_create_command)
+
+    status = commands.add_parser(
+        "status", help="services, instances, policy versions, rates and latencies"
+    )
+    add_server_options(status, token=False)
+    status.set_defaults(handler=status_command)
+
+
+def control_plane_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .._errors import ConfigError
+    from .._logging import configure_logging
+    from ..controlplane import ControlPlaneConfig, create_app
+
+    configure_logging(args.log_format)
+    try:
+        max_wait, stale_after = parse_duration(args.max_wait), parse_duration(args.stale_after)
+        store_wait = parse_duration(args.store_wait)
+    except ValueError as exc:
+        raise ConfigError(f"--max-wait/--stale-after/--store-wait: {exc}") from None
+    config = ControlPlaneConfig(
+        store=args.store,
+        state_dir=Path(args.state_dir),
+        admin_token=args.admin_token or os.environ.get("MESH_ADMIN_TOKEN") or None,
+        trust_domain=args.trust_domain or os.environ.get("MESH_TRUST_DOMAIN") or "mesh.local",
+        max_wait=max_wait,
+        stale_after=stale_after,
+    )
+    app = create_app(config)
+    problem = anyio.run(_probe_store, open_store(config.store, config.state_dir), store_wait)
+    if problem:
+        print(f"asgimesh: {problem}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
+    return 0
+
+
+async def _probe_store(store: Store, patience: float = 10.0) -> str | None:
+    """Whether the store answers, retried for ``patience`` seconds (etcd may be starting too);
+    one line saying why not, rather than a traceback from the server's start-up."""
+    deadline = anyio.current_time() + patience
+    while True:
+        try:
+            await store.open()
+            try:
+                await store.latest()
+            finally:
+                await store.close()
+            return None
+        except (OSError, httpx.HTTPError, EtcdError, sqlite3.Error) as exc:
+            if anyio.current_time() > deadline:
+                return f"cannot use the store {store.description}: {exc}"
+            await anyio.sleep(0.5)
+
+
+def token_create_command(args: argparse.Namespace) -> int:
+    try:
+        response = call(
+            args, "POST", "/v1/tokens", json={"service": args.service, "namespace": args.namespace}
+        )
+    except CommandFailedError as error:
+        return fail(error)
+    print(response.json()["token"])
+    return 0
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    try:
+        response = call(args, "GET", "/v1/services", admin=False)
+    except CommandFailedError as error:
+        return fail(error)
+    body = response.json()
+    print(
+        f"control plane {args.server or os.environ.get('MESH_CONFIG')}: "
+        f"policy version {body['policy_version']}"
+    )
+    rows = [("SERVICE", "INSTANCES", "POLICY", "REQ/S", "SUCCESS", "P50 MS", "P99 MS")]
+    for service in body["services"]:
+        success = service["success_rate"]
+        rows.append(
+            (
+                service["service"],
+                str(len(service["instances"])),
+                ",".join(str(v) for v in service["policy_versions"]),
+                _cell(service["requests_per_second"], ".1f"),
+                "-" if success is None else f"{100 * success:.2f}%",
+                _cell(service["p50_ms"], ".1f"),
+                _cell(service["p99_ms"], ".1f"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if len(rows) == 1:
+        print("(no instance has reported yet)", file=sys.stderr)
+    return 0

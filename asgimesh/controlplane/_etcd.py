@@ -1,0 +1,266 @@
+"""etcd through its v3 JSON gateway (``/v3/kv/...``, ``/v3/watch``), with httpx.
+
+No gRPC stubs: the gateway ships with every etcd since 3.3 and speaks plain JSON (keys and
+values base64, 64-bit numbers as strings, fields at their default value omitted). Versions are
+keys ``<prefix>/policy/v/<000000000042>``, zero-padded so that key order is version order;
+``<prefix>/policy/latest`` holds the highest number and a compare-and-swap transaction on its
+``mod_revision`` writes the counter and the record together, so two replicas never make the
+same version. Replicas learn of each other's writes through a watch on the version prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import httpx
+import structlog
+
+from ._store import PolicyRecord
+from ._tls import tls_context
+
+__all__ = ["EtcdClient", "EtcdError", "EtcdStore", "prefix_end"]
+
+log = structlog.get_logger("asgimesh.controlplane")
+
+
+class EtcdError(Exception):
+    """etcd answered, but not with success."""
+
+
+def _b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+def prefix_end(prefix: str) -> str:
+    """The ``range_end`` that selects every key starting with ``prefix`` (ASCII prefixes)."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+class EtcdClient:
+    """The few gateway calls the mesh needs, each returning the decoded JSON answer."""
+
+    def __init__(self, endpoint: str, *, timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self._http = httpx.AsyncClient(base_url=endpoint, timeout=timeout, verify=tls_context())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._http.post(path, json=body)
+        if response.status_code != 200:
+            raise EtcdError(f"etcd {path}: HTTP {response.status_code}: {response.text[:200]}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def range(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        start: str | None = None,
+        limit: int = 0,
+        descending: bool = False,
+    ) -> tuple[list[tuple[str, bytes, int]], int]:
+        """``[(key, value, mod_revision)]`` and the store revision of the answer."""
+        body: dict[str, Any] = {"key": _b64(start or key)}
+        if prefix:
+            body["range_end"] = _b64(prefix_end(key))
+        if limit:
+            body["limit"] = limit
+        if descending:
+            body["sort_order"] = "DESCEND"
+            body["sort_target"] = "KEY"
+        data = await self.call("/v3/kv/range", body)
+        kvs = [
+            (
+                _unb64(kv["key"]).decode(),
+                _unb64(kv.get("value", "")),
+                int(kv.get("mod_revision", 0)),
+            )
+            for kv in data.get("kvs", [])
+        ]
+        return kvs, int(data.get("header", {}).get("revision", 0))
+
+    async def put(self, key: str, value: str | bytes) -> None:
+        await self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+
+    async def delete(self, key: str) -> None:
+        await self.call("/v3/kv/deleterange", {"key": _b64(key)})
+
+    async def txn(self, compare: list[dict[str, Any]], puts: list[tuple[str, str | bytes]]) -> bool:
+        """Write ``puts`` if every ``compare`` holds; whether it did."""
+        body = {
+            "compare": compare,
+            "success": [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts],
+        }
+        data = await self.call("/v3/kv/txn", body)
+        return bool(data.get("succeeded", False))
+
+    @staticmethod
+    def unchanged_since(key: str, mod_revision: int) -> dict[str, Any]:
+        """A compare that holds while ``key`` is absent (0) or last written at ``mod_revision``."""
+        if mod_revision == 0:
+            return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        return {
+            "key": _b64(key),
+            "target": "MOD",
+            "result": "EQUAL",
+            "mod_revision": str(mod_revision),
+        }
+
+    async def watch(self, key: str, start_revision: int) -> AsyncIterator[tuple[str, bytes]]:
+        """``(key, value)`` of each put under the prefix ``key`` from ``start_revision`` on.
+
+        Ends (or raises) when the stream breaks; the caller reconnects.
+        """
+        body = {
+            "create_request": {
+                "key": _b64(key),
+                "range_end": _b64(prefix_end(key)),
+                "start_revision": str(start_revision),
+            }
+        }
+        timeout = httpx.Timeout(5.0, read=None)
+        async with self._http.stream("POST", "/v3/watch", json=body, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise EtcdError(f"etcd watch: HTTP {response.status_code}")
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result", {})
+                if result.get("canceled"):
+                    raise EtcdError(f"etcd watch canceled: {result.get('cancel_reason', '')}")
+                for event in result.get("events", []):
+                    if event.get("type", "PUT") != "PUT":
+                        continue
+                    kv = event["kv"]
+                    yield _unb64(kv["key"]).decode(), _unb64(kv.get("value", ""))
+
+
+class EtcdStore:
+    shared = True
+
+    def __init__(self, endpoint: str, prefix: str = "/asgimesh") -> None:
+        self.description = f"etcd:{endpoint}{prefix}"
+        self.prefix = prefix.rstrip("/")
+        self.endpoint = endpoint
+        self.etcd = EtcdClient(endpoint)
+        self._versions = f"{self.prefix}/policy/v/"
+        self._latest = f"{self.prefix}/policy/latest"
+
+    def _version_key(self, version: int) -> str:
+        return f"{self._versions}{version:012d}"
+
+    async def open(self) -> None:
+        """A fresh connection pool (so that a closed store can be opened again); the first call
+        connects."""
+        await self.etcd.aclose()
+        self.etcd = EtcdClient(self.endpoint)
+
+    async def close(self) -> None:
+        await self.etcd.aclose()
+
+    async def latest(self) -> PolicyRecord | None:
+        kvs, _ = await self.etcd.range(self._versions, prefix=True, limit=1, descending=True)
+        return PolicyRecord.from_json(kvs[0][1]) if kvs else None
+
+    async def get(self, version: int) -> PolicyRecord | None:
+        kvs, _ = await self.etcd.range(self._version_key(version))
+        return PolicyRecord.from_json(kvs[0][1]) if kvs else None
+
+    async def history(self, limit: int) -> list[PolicyRecord]:
+        kvs, _ = await self.etcd.range(self._versions, prefix=True, limit=limit, descending=True)
+        return [PolicyRecord.from_json(value) for _, value, _ in kvs]
+
+    async def append(self, make: Callable[[int], PolicyRecord]) -> PolicyRecord:
+        for attempt in range(100):
+            kvs, _ = await self.etcd.range(self._latest)
+            highest, mod_revision = (int(kvs[0][1]), kvs[0][2]) if kvs else (0, 0)
+            record = make(highest + 1)
+            won = await self.etcd.txn(
+                [self.etcd.unchanged_since(self._latest, mod_revision)],
+                [
+                    (self._latest, str(record.version)),
+                    (self._version_key(record.version), record.to_json()),
+                ],
+            )
+            if won:
+                return record
+            # Another replica took that number: back off a little and take the next.
+            await anyio.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # noqa: S311
+        raise EtcdError("could not allocate a policy version after 100 attempts")
+
+    async def follow(self, after: int) -> AsyncIterator[PolicyRecord]:
+        """Every version newer than ``after``, forever: catch up with a range, then watch;
+        when etcd goes away, retry with capped exponential backoff and catch up again."""
+        failures = 0
+        while True:
+            try:
+                kvs, revision = await self.etcd.range(
+                    self._versions, prefix=True, start=self._version_key(after + 1)
+                )
+                for _, value, _ in kvs:
+                    record = PolicyRecord.from_json(value)
+                    after = max(after, record.version)
+                    yield record
+                if failures:
+                    log.info("etcd_watch_resumed", store=self.description, version=after)
+                failures = 0
+                async for _, value in self.etcd.watch(self._versions, revision + 1):
+                    record = PolicyRecord.from_json(value)
+                    if record.version > after:
+                        after = record.version
+                        yield record
+            except (httpx.HTTPError, EtcdError, ValueError, KeyError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("etcd_watch_lost", store=self.description, error=str(exc))
+            delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+            await anyio.sleep(random.uniform(delay / 2, delay))  # noqa: S311
+
+    async def put_token(self, digest: str, service: str) -> None:
+        body = json.dumps({"service": service, "created": time.time()})
+        await self.etcd.put(f"{self.prefix}/tokens/{digest}", body)
+
+    async def token_service(self, digest: str) -> str | None:
+        kvs, _ = await self.etcd.range(f"{self.prefix}/tokens/{digest}")
+        return str(json.loads(kvs[0][1])["service"]) if kvs else None
+
+    async def put_report(self, service: str, instance: str, report: dict[str, Any]) -> None:
+        body = json.dumps({**report, "received": time.time()})
+        await self.etcd.put(f"{self.prefix}/reports/{service}/{instance}", body)
+
+    async def reports(self, newer_than: float) -> list[dict[str, Any]]:
+        kvs, _ = await self.etcd.range(f"{self.prefix}/reports/", prefix=True)
+        fresh = []
+        for key, value, _ in kvs:
+            report = json.loads(value)
+            if float(report.get("received", 0)) > newer_than:
+                fresh.append(report)
+            else:
+                await self.etcd.delete(key)
+        return fresh
+
+    async def read_bootstrap(self, name: str) -> str | None:
+        """A value :meth:`bootstrap_secret` stored (services read the trust bundle this way)."""
+        kvs, _ = await self.etcd.range(f"{self.prefix}/bootstrap/{name}")
+        return kvs[0][1].decode() if kvs else None
+
+    async def bootstrap_secret(self, name: str, value: str) -> str:
+        key = f"{self.prefix}/bootstrap/{name}"
+        await self.etcd.txn([self.etcd.unchanged_since(key, 0)], [(key, value)])
+        kvs, _ = await self.etcd.range(key)
+        return kvs[0][1].decode()

@@ -1,0 +1,66 @@
+"""Where the control plane's CA and policy-signing key live, so that every replica signs alike.
+
+Order: key files in ``--state-dir`` if an operator put them there (a mounted secret); else, for
+a replicated store (etcd), the material kept in the store, created by whichever replica starts
+first (create-if-absent, so all replicas load the winner); else a new CA written to the state
+dir. Keeping keys in etcd means etcd access is CA access: give etcd client TLS/auth, or mount
+the same key files into every replica's state dir instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import anyio.to_thread
+import structlog
+
+from ..identity import MeshCA
+from ._store import Store
+
+__all__ = ["load_admin_token", "load_keys"]
+
+log = structlog.get_logger("asgimesh.controlplane")
+
+
+async def load_keys(store: Store, state_dir: Path, trust_domain: str) -> MeshCA:
+    ca = await _load_or_create(store, state_dir, trust_domain)
+    if store.shared:
+        # Public, for services that read policy straight from etcd (``MESH_CONFIG=etcd://``).
+        await store.bootstrap_secret("trust-bundle", ca.bundle_pem().decode())
+    return ca
+
+
+async def _load_or_create(store: Store, state_dir: Path, trust_domain: str) -> MeshCA:
+    ca = await anyio.to_thread.run_sync(MeshCA.load, trust_domain, state_dir)
+    if ca is not None:
+        log.info("mesh_ca_loaded", where=str(state_dir))
+        return ca
+    fresh = await anyio.to_thread.run_sync(MeshCA.create, trust_domain)
+    if store.shared:
+        stored = await store.bootstrap_secret("mesh-ca", json.dumps(fresh.to_pem()))
+        log.info("mesh_ca_loaded", where=store.description)
+        return MeshCA.from_pem(trust_domain, json.loads(stored))
+    await anyio.to_thread.run_sync(fresh.save, state_dir)
+    log.info("mesh_ca_created", where=str(state_dir))
+    return fresh
+
+
+def load_admin_token(state_dir: Path) -> str:
+    """The admin token kept in ``state_dir/admin-token`` (mode 0600), made on first use.
+
+    Used only when neither ``--admin-token`` nor ``MESH_ADMIN_TOKEN`` is given; the token is
+    never logged, only where to read it.
+    """
+    path = state_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    log.warning("admin_token_generated", path=str(path))
+    return token

@@ -1,0 +1,477 @@
+"""The control plane's HTTP API (contract, section 7) as a Starlette app.
+
+Handlers are thin: the store keeps state, :class:`VersionBoard` holds the newest version and
+parks long polls, :mod:`._signing` signs, :mod:`asgimesh.policy` validates with the same words
+as ``asgimesh policy check``. Every refusal is JSON ``{"error", "detail"}`` with a 4xx status;
+a store that cannot be reached is a 503, never a 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .._durations import parse_duration
+from .._errors import PolicyError
+from ..identity import CertificateRequestError, MeshCA
+from ..policy import parse_document, validate_document
+from ..policy._load import format_for, format_validation_error
+from ._board import VersionBoard
+from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
+from ._etcd import EtcdError
+from ._golden import roll_up
+from ._keys import load_admin_token, load_keys
+from ._signing import sign_policy
+from ._store import PolicyRecord, Store, open_store
+
+__all__ = ["ControlPlaneConfig", "create_app", "token_digest"]
+
+log = structlog.get_logger("asgimesh.controlplane")
+
+MAX_BODY = 1 << 20
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+PEM = "application/x-pem-file"
+NDJSON = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    store: str = ""
+    state_dir: Path = Path(".asgimesh-controlplane")
+    admin_token: str | None = None
+    trust_domain: str = "mesh.local"
+    #: Longest long poll; a client asking for more waits this long.
+    max_wait: float = 60.0
+    #: An instance that has not reported for this long is dropped from ``/v1/services``.
+    stale_after: float = 60.0
+
+
+def token_digest(token: str) -> str:
+    """Service tokens are stored as this digest only: a leaked store leaks no token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ApiError(HTTPException):
+    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
+        super().__init__(status, detail)
+        self.error = error
+        self.extra = extra
+
+
+class _Report(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    service: str = Field(pattern=_NAME.pattern)
+    instance: str = Field(min_length=1, max_length=200)
+    policy_version: int = Field(ge=0)
+    requests: int = Field(default=0, ge=0)
+    requests_per_second: float = Field(default=0.0, ge=0)
+    success_rate: float | None = Field(default=None, ge=0, le=1)
+    p50_ms: float | None = Field(default=None, ge=0)
+    p99_ms: float | None = Field(default=None, ge=0)
+
+
+class ControlPlane:
+    """State shared by the handlers of one app instance (one replica)."""
+
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.config = config
+        self.store: Store = open_store(config.store, config.state_dir)
+        self.admin_token = config.admin_token or ""
+        self.ca: MeshCA | None = None
+        self.board: VersionBoard | None = None
+
+    # -- life -----------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.store.open()
+        try:
+            if not self.admin_token:
+                self.admin_token = await anyio.to_thread.run_sync(
+                    load_admin_token, self.config.state_dir
+                )
+            self.ca = await load_keys(self.store, self.config.state_dir, self.config.trust_domain)
+            self.board = VersionBoard()
+            latest = await self.store.latest()
+            if latest is not None:
+                self.board.publish(latest)
+            log.info(
+                "control_plane_ready", store=self.store.description, version=self.board.version
+            )
+            async with anyio.create_task_group() as tasks:
+                if self.store.shared:
+                    tasks.start_soon(self._follow)
+                yield
+                tasks.cancel_scope.cancel()
+        finally:
+            await self.store.close()
+
+    async def _follow(self) -> None:
+        assert self.board is not None
+        async for record in self.store.follow(self.board.version):
+            if self.board.publish(record):
+                log.info("policy_version_seen", version=record.version)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _bearer(self, request: Request) -> str:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401, "unauthorized", "expected an 'Authorization: Bearer <token>' header"
+            )
+        return token.strip()
+
+    def _is_admin(self, token: str) -> bool:
+        return bool(self.admin_token) and hmac.compare_digest(
+            token.encode(), self.admin_token.encode()
+        )
+
+    def require_admin(self, request: Request) -> None:
+        if not self._is_admin(self._bearer(request)):
+            raise ApiError(401, "unauthorized", "the admin token is missing or wrong")
+
+    async def require_service(self, request: Request) -> str | None:
+        """The service a service token belongs to, or ``None`` for the admin token."""
+        token = self._bearer(request)
+        if self._is_admin(token):
+            return None
+        service = await self.store.token_service(token_digest(token))
+        if service is None:
+            raise ApiError(401, "unauthorized", "the service token is unknown")
+        return service
+
+    async def _body(self, request: Request) -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise ApiError(413, "too_large", f"the body exceeds {MAX_BODY} bytes")
+        return bytes(body)
+
+    async def _json_object(self, request: Request) -> dict[str, Any]:
+        raw = await self._body(request)
+        try:
+            data = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "bad_json", f"expected a JSON object: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "bad_json", f"expected a JSON object, got {type(data).__name__}")
+        return data
+
+    def _record(self, version: int, policy: dict[str, Any], note: str | None) -> PolicyRecord:
+        assert self.ca is not None
+        return PolicyRecord(
+            version=version,
+            policy=policy,
+            signature=sign_policy(self.ca.signing_key, version, policy),
+            signer=self.ca.signer_pem().decode(),
+            created=time.time(),
+            note=note,
+        )
+
+    async def _store_version(self, policy: dict[str, Any], note: str | None) -> PolicyRecord:
+        assert self.board is not None
+        record = await self.store.append(lambda n: self._record(n, policy, note))
+        self.board.publish(record)
+        log.info("policy_version_stored", version=record.version, note=note)
+        return record
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    async def get_policy(self, request: Request) -> Response:
+        assert self.board is not None
+        after = _int_param(request, "after")
+        wait = _wait_param(request, self.config.max_wait)
+        if after is None:
+            if self.board.record is None:
+                raise ApiError(404, "no_policy", "no policy version has been stored yet")
+            if request.headers.get("if-none-match") == f'"{self.board.version}"':
+                return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
+        elif self.board.version <= after and (
+            wait <= 0 or await self._wait_newer(request, after, wait) is None
+        ):
+            return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
+        version, body = self.board.version, self.board.body
+        headers = {"etag": f'"{version}"', "cache-control": "no-cache"}
+        if after is not None and wait > 0 and NDJSON in request.headers.get("accept", ""):
+            return StreamingResponse(
+                self._stream(body, version, anyio.current_time() + wait),
+                media_type=NDJSON,
+                headers=headers,
+            )
+        return Response(body, media_type="application/json", headers=headers)
+
+    async def _stream(self, body: bytes, version: int, deadline: float) -> AsyncIterator[bytes]:
+        """The long poll, kept open: one JSON line per version until the wait is over.
+
+        Asked for with ``Accept: application/x-ndjson``; anyone else gets the contract's plain
+        long poll. A watcher then costs one request per ``wait`` instead of one per change,
+        which is what lets one control plane fan a change out to hundreds of services at once.
+        (Starlette ends the stream when the client disconnects.)
+        """
+        assert self.board is not None
+        yield body + b"\n"
+        while (left := deadline - anyio.current_time()) > 0:
+            if await self.board.wait_newer(version, left) is None:
+                return
+            version, body = self.board.version, self.board.body
+            yield body + b"\n"
+
+    async def _wait_newer(self, request: Request, after: int, wait: float) -> PolicyRecord | None:
+        """Park until a newer version or ``wait`` passes; give up early if the client leaves,
+        so a watcher that went away holds nothing here until its wait would have ended."""
+        assert self.board is not None
+        board = self.board
+        found: PolicyRecord | None = None
+        async with anyio.create_task_group() as tasks:
+
+            async def until_disconnect() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(until_disconnect)
+            found = await board.wait_newer(after, wait)
+            tasks.cancel_scope.cancel()
+        return found
+
+    async def put_policy(self, request: Request) -> Response:
+        self.require_admin(request)
+        raw = await self._body(request)
+        fmt = format_for("", request.headers.get("content-type"))
+        try:
+            document = _plain_json(parse_document(raw, fmt, "request body"))
+            validate_document(document, "request body")
+        except PolicyError as error:
+            return _invalid(error.problems)
+        record = await self._store_version(document, None)
+        return JSONResponse({"version": record.version})
+
+    async def history(self, request: Request) -> Response:
+        self.require_admin(request)
+        limit = _int_param(request, "limit") or 100
+        records = await self.store.history(min(limit, 1000))
+        return JSONResponse(
+            {
+                "versions": [
+                    {"version": r.version, "created": r.created, "note": r.note, "policy": r.policy}
+                    for r in records
+                ]
+            }
+        )
+
+    async def rollback(self, request: Request) -> Response:
+        self.require_admin(request)
+        data = await self._json_object(request)
+        target = data.get("version")
+        if not isinstance(target, int) or isinstance(target, bool) or target < 1:
+            raise ApiError(
+                422, "invalid_request", f"version: expected a positive integer, got {target!r}"
+            )
+        old = await self.store.get(target)
+        if old is None:
+            raise ApiError(404, "unknown_version", f"version {target} is not in the history")
+        try:
+            validate_document(old.policy, f"version {target}")
+        except PolicyError as error:
+            return _invalid(error.problems)
+        record = await self._store_version(old.policy, f"rollback to {target}")
+        return JSONResponse({"version": record.version, "rolled_back_to": target})
+
+    async def create_token(self, request: Request) -> Response:
+        self.require_admin(request)
+        data = await self._json_object(request)
+        service, namespace = data.get("service"), data.get("namespace", "default")
+        for field, value in (("service", service), ("namespace", namespace)):
+            if not isinstance(value, str) or not _NAME.match(value):
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    f"{field}: expected a name of letters, digits, '.', '_' or '-', got {value!r}",
+                )
+        token = "mst_" + secrets.token_urlsafe(32)
+        await self.store.put_token(token_digest(token), f"{namespace}/{service}")
+        log.info("service_token_created", service=service, namespace=namespace)
+        return JSONResponse({"token": token, "service": service, "namespace": namespace})
+
+    async def trust_bundle(self, request: Request) -> Response:
+        assert self.ca is not None
+        return Response(self.ca.bundle_pem(), media_type=PEM)
+
+    async def certificates(self, request: Request) -> Response:
+        assert self.ca is not None
+        owner = await self.require_service(request)
+        raw = await self._body(request)
+        csr = raw
+        namespace_service = owner
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                data = json.loads(raw or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiError(400, "bad_json", f"expected a JSON object: {exc}") from None
+            if not isinstance(data, dict):
+                raise ApiError(400, "bad_json", "expected a JSON object with a 'csr' field")
+            csr = str(data.get("csr", "")).encode()
+            if owner is None and isinstance(data.get("service"), str):
+                namespace_service = f"{data.get('namespace', 'default')}/{data['service']}"
+        if namespace_service is None:
+            raise ApiError(422, "invalid_request", "service: required with the admin token")
+        namespace, _, service = namespace_service.partition("/")
+        spiffe_id = f"spiffe://{self.ca.trust_domain}/ns/{namespace}/sa/{service}"
+        try:
+            chain = await anyio.to_thread.run_sync(self.ca.sign_csr, csr, spiffe_id)
+        except CertificateRequestError as exc:
+            raise ApiError(422, "invalid_csr", str(exc)) from None
+        log.info("certificate_issued", spiffe_id=spiffe_id)
+        return Response(chain, media_type=PEM)
+
+    async def report(self, request: Request) -> Response:
+        owner = await self.require_service(request)
+        data = await self._json_object(request)
+        try:
+            report = _Report.model_validate(data)
+        except ValidationError as exc:
+            problems = format_validation_error(exc)
+            raise ApiError(422, "invalid_report", "; ".join(problems), problems=problems) from None
+        if owner is not None and owner.partition("/")[2] != report.service:
+            raise ApiError(
+                403, "forbidden", f"this token reports for {owner!r}, not {report.service!r}"
+            )
+        await self.store.put_report(report.service, report.instance, report.model_dump())
+        return JSONResponse({"accepted": True})
+
+    async def services(self, request: Request) -> Response:
+        assert self.board is not None
+        reports = await self.store.reports(time.time() - self.config.stale_after)
+        record = self.board.record
+        return JSONResponse(
+            {
+                "policy_version": self.board.version,
+                "policy_created": record.created if record is not None else None,
+                "services": roll_up(reports),
+            }
+        )
+
+    async def dashboard(self, request: Request) -> Response:
+        return HTMLResponse(DASHBOARD_HTML, headers=DASHBOARD_HEADERS)
+
+
+def _plain_json(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as plain JSON values, as it will be signed and served (YAML dates and the
+    like have no JSON form and are refused by path rather than failing later)."""
+    try:
+        normal: dict[str, Any] = json.loads(json.dumps(document, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise PolicyError([f"(document): expected JSON-compatible values: {exc}"]) from None
+    return normal
+
+
+def _invalid(problems: list[str]) -> Response:
+    return JSONResponse(
+        {
+            "error": "invalid_policy",
+            "detail": f"{len(problems)} problem(s): " + "; ".join(problems),
+            "problems": problems,
+        },
+        status_code=422,
+    )
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise ApiError(400, "bad_parameter", f"{name}: expected a whole number, got {value!r}")
+    return int(value)
+
+
+def _wait_param(request: Request, cap: float) -> float:
+    value = request.query_params.get("wait")
+    if value is None:
+        return 0.0
+    try:
+        wait = parse_duration(value)
+    except ValueError as exc:
+        raise ApiError(400, "bad_parameter", f"wait: {exc}") from None
+    return min(wait, cap) if math.isfinite(wait) else cap
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = getattr(exc, "error", None) or {
+        404: "not_found",
+        405: "method_not_allowed",
+    }.get(exc.status_code, "bad_request")
+    body: dict[str, Any] = {"error": error, "detail": exc.detail}
+    body.update(getattr(exc, "extra", {}))
+    headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback here, answered in the API's shape without one."""
+    log.error("internal_error", path=request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"error": "internal", "detail": "the control plane failed; see its log"}, status_code=500
+    )
+
+
+async def _store_down(request: Request, exc: Exception) -> Response:
+    log.warning("store_unavailable", error=str(exc))
+    return JSONResponse(
+        {"error": "store_unavailable", "detail": "the control plane's store cannot be reached"},
+        status_code=503,
+    )
+
+
+def create_app(config: ControlPlaneConfig | None = None) -> Starlette:
+    """The control-plane ASGI app; run it with a lifespan-aware server (uvicorn)."""
+    plane = ControlPlane(config or ControlPlaneConfig())
+    routes: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
+        ("/", plane.dashboard, ["GET"]),
+        ("/v1/policy", plane.get_policy, ["GET"]),
+        ("/v1/policy", plane.put_policy, ["PUT"]),
+        ("/v1/policy/history", plane.history, ["GET"]),
+        ("/v1/policy/rollback", plane.rollback, ["POST"]),
+        ("/v1/tokens", plane.create_token, ["POST"]),
+        ("/v1/trust-bundle", plane.trust_bundle, ["GET"]),
+        ("/v1/certificates", plane.certificates, ["POST"]),
+        ("/v1/reports", plane.report, ["POST"]),
+        ("/v1/services", plane.services, ["GET"]),
+    ]
+    handlers: Mapping[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        HTTPException: _api_error,
+        httpx.HTTPError: _store_down,
+        EtcdError: _store_down,
+        Exception: _internal,
+    }
+    app = Starlette(
+        routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes],
+        exception_handlers=dict(handlers),
+        lifespan=plane.lifespan,
+    )
+    app.state.control_plane = plane
+    return app

@@ -1,0 +1,138 @@
+"""The paths the middleware answers itself (contract, section 6), for ASGI and WSGI alike.
+
+``/_mesh/health`` and ``/_mesh/metrics`` are open to anyone, as a load balancer's health check and
+a Prometheus scrape expect. ``/_mesh/config`` shows the effective policy and where each value came
+from; it needs ``Authorization: Bearer <MESH_ADMIN_TOKEN>`` (compared in constant time), or, when
+no admin token is set, a loopback caller. Secrets never appear in it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..telemetry import CONTENT_TYPE
+from ._core import Answer, json_answer
+
+if TYPE_CHECKING:
+    from .._runtime import MeshRuntime
+
+__all__ = ["Admin", "is_loopback"]
+
+_SECRET_SETTINGS = ("token", "admin_token")
+_ALLOWED = (("allow", "GET, HEAD"),)
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (the client address the server reports) is a loopback address."""
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _json(status: int, document: Any, headers: tuple[tuple[str, str], ...] = ()) -> Answer:
+    body = json.dumps(document, indent=2, sort_keys=False).encode() + b"\n"
+    return Answer(status, (("content-type", "application/json"), *headers), body)
+
+
+def _leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping) and value:
+        for key, item in value.items():
+            yield from _leaves(item, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, value
+
+
+class Admin:
+    """Answers the admin paths from the runtime's current state."""
+
+    def __init__(self, runtime: MeshRuntime) -> None:
+        self._runtime = runtime
+        token = runtime.settings.admin_token
+        self._token = token.get_secret_value().encode() if token is not None else None
+
+    def answer(
+        self, method: str, path: str, fields: Mapping[str, str], client: str | None
+    ) -> Answer:
+        """The answer to ``method path`` (one of the admin paths)."""
+        if method not in ("GET", "HEAD"):
+            return json_answer(
+                405,
+                "method_not_allowed",
+                f"{path} answers GET and HEAD, got {method}",
+                _ALLOWED,
+            )
+        if path == "/_mesh/health":
+            return self.health()
+        if path == "/_mesh/metrics":
+            return Answer(
+                200, (("content-type", CONTENT_TYPE),), self._runtime.metrics.exposition()
+            )
+        denied = self._check_admin(fields.get("authorization"), client)
+        return denied if denied is not None else self.config()
+
+    def health(self) -> Answer:
+        runtime = self._runtime
+        return _json(
+            200,
+            {
+                "status": "ok",
+                "service": runtime.settings.service,
+                "policy_version": runtime.policy.current.version,
+            },
+        )
+
+    def _check_admin(self, authorization: str | None, client: str | None) -> Answer | None:
+        """``None`` if the caller may read ``/_mesh/config``, else the 401/403 answer."""
+        if self._token is None:
+            if is_loopback(client):
+                return None
+            return json_answer(
+                403,
+                "forbidden",
+                "/_mesh/config is open to loopback clients only while MESH_ADMIN_TOKEN is not "
+                f"set; the client address is {client or 'unknown'}",
+            )
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return json_answer(
+                401,
+                "unauthorized",
+                "/_mesh/config needs the header 'Authorization: Bearer <MESH_ADMIN_TOKEN>'",
+                (("www-authenticate", 'Bearer realm="asgimesh"'),),
+            )
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+            return json_answer(403, "forbidden", "the bearer token does not match MESH_ADMIN_TOKEN")
+        return None
+
+    def config(self) -> Answer:
+        """The effective policy, where each value came from, and the settings without secrets."""
+        runtime = self._runtime
+        snapshot = runtime.policy.current
+        policy = snapshot.policy.model_dump(mode="json")
+        settings = runtime.settings.model_dump(mode="json")
+        for name in _SECRET_SETTINGS:
+            settings[name] = "<set>" if settings.get(name) is not None else None
+        if settings.get("policy"):
+            settings["policy"] = "<set: see 'policy' and 'origin'>"
+        return _json(
+            200,
+            {
+                "service": runtime.settings.service,
+                "spiffe_id": runtime.settings.spiffe_id,
+                "policy_version": snapshot.version,
+                "source": snapshot.source,
+                "policy": policy,
+                "origin": {path: snapshot.origin_of(path) for path, _ in _leaves(policy)},
+                "settings": settings,
+            },
+        )

@@ -1,0 +1,141 @@
+"""``MeshMiddleware``: the inbound mesh for any ASGI app, as pure ASGI.
+
+The shell is thin: it picks the mesh's headers out of the scope, asks
+:class:`~asgimesh.inbound._core.InboundCore` what to do, and either sends the mesh's own answer or
+calls the app with the request's :class:`~asgimesh.MeshContext` set as the context variable that
+outbound calls read. Messages pass through one by one in both directions, so request and
+response bodies stay streaming; ``lifespan`` and ``websocket`` scopes go straight to the app.
+Per-request state lives in an :class:`_Exchange` made for the call (Starlette's
+``GZipResponder`` pattern), never on the middleware.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .._context import _current
+from .._runtime import MeshRuntime, get_runtime
+from ..telemetry._inbound import InboundTelemetry
+from ..telemetry._otel import SpanScope, scope_attributes
+from ._admin import Admin
+from ._core import RESPONSE_HEADER, Answer, InboundCore, asgi_fields
+
+__all__ = ["MeshMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ECHO = RESPONSE_HEADER.encode("latin-1")
+
+
+class MeshMiddleware:
+    """Wrap an ASGI app in the mesh: ``app = MeshMiddleware(app)``.
+
+    ``runtime`` defaults to the process's shared runtime (:func:`asgimesh.get_runtime`), made from
+    ``MESH_*`` on first use; building it here, not at the first request, lets a bad setting stop
+    the server at start-up with its one-line message.
+    """
+
+    def __init__(self, app: ASGIApp, *, runtime: MeshRuntime | None = None) -> None:
+        self.app = app
+        self.runtime = runtime if runtime is not None else get_runtime()
+        self._core = InboundCore(Admin(self.runtime))
+        self._telemetry = InboundTelemetry(self.runtime)
+        self._on_request = self.runtime.on_request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._on_request is not None:
+            self._on_request()  # serverless policy refresh: starts one if due, never waits
+        started = time.monotonic()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        client = scope.get("client")
+        host: str | None = client[0] if client else None
+        decision = self._core.decide(method, path, asgi_fields(scope["headers"]), host, started)
+        context = decision.context
+        if decision.answer is not None:
+            await _send_answer(send, decision.answer, method, decision.response_headers)
+            if context is not None:
+                self._telemetry.finish(
+                    context, method, path, decision.answer.status, time.monotonic() - started
+                )
+            return
+
+        assert context is not None
+        telemetry = self._telemetry
+        exchange = _Exchange(send, (_ECHO, context.request_id.encode("latin-1")))
+        span: SpanScope | None = None
+        tracer = telemetry.spans.tracer(started)
+        if tracer is not None:
+            span = telemetry.spans.start(tracer, context, method, scope_attributes(scope))
+        token = _current.set(context)
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, exchange.send)
+        except Exception as exc:
+            # Counted as a 500 and logged, then handed to the server unchanged. Cancellation
+            # (a BaseException) is not the app's failure: counted with the status it got.
+            error = exc
+            raise
+        finally:
+            _current.reset(token)
+            if span is not None:
+                telemetry.spans.detach(span)
+            telemetry.finish(
+                context,
+                method,
+                path,
+                500 if error is not None else exchange.status,
+                time.monotonic() - started,
+                span,
+                error,
+                host,
+            )
+
+
+class _Exchange:
+    """One request's response side: remembers the status and adds the request id header."""
+
+    __slots__ = ("_send", "echo", "status")
+
+    def __init__(self, send: Send, echo: tuple[bytes, bytes]) -> None:
+        self._send = send
+        self.echo = echo
+        #: 500 until the app starts a response: an app that returns without one has failed.
+        self.status = 500
+
+    def send(self, message: Message) -> Awaitable[None]:
+        # A plain function handing back the server's awaitable: no coroutine of our own per
+        # message, so a streamed body costs one call per chunk and nothing more.
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = list(message.get("headers", ()))
+            for name, _ in headers:
+                if name.lower() == _ECHO:
+                    break  # the app set its own: leave it
+            else:
+                headers.append(self.echo)
+            # A copy: the app may reuse its message dicts.
+            message = {**message, "headers": headers}
+        return self._send(message)
+
+
+def _encode(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+async def _send_answer(
+    send: Send, answer: Answer, method: str, extra: tuple[tuple[str, str], ...]
+) -> None:
+    headers = _encode(answer.headers + extra)
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else answer.body})

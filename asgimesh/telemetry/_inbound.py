@@ -1,0 +1,92 @@
+"""What happens once per inbound request after the app answered: metrics, access log, span end.
+
+Both middleware shells call :meth:`InboundTelemetry.finish` exactly once per request (the
+app's answer, the mesh's own 504, or a crash counted as 500). The counter child for each
+``(method, status)`` is looked up once and cached, so the hot path skips
+``prometheus_client``'s label lookup; unknown methods are counted as ``_OTHER`` so that a
+client cannot grow the label set without bound.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .._context import MeshContext
+from ._otel import ServerSpans, SpanScope
+
+if TYPE_CHECKING:
+    from .._runtime import MeshRuntime
+
+__all__ = ["InboundTelemetry"]
+
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+access_log = structlog.get_logger("asgimesh.access")
+error_log = structlog.get_logger("asgimesh.inbound")
+
+
+class InboundTelemetry:
+    """Per-middleware telemetry state: precomputed metric children, the span helper."""
+
+    def __init__(self, runtime: MeshRuntime) -> None:
+        metrics = runtime.metrics
+        self.service = metrics.service
+        self._counter = metrics.inbound_requests
+        self._observe = metrics.inbound_duration.observe
+        self._children: dict[tuple[str, int], Any] = {}
+        self.access_log = runtime.settings.access_log
+        self.spans = ServerSpans()
+
+    def _child(self, method: str, status: int) -> Any:
+        """The counter for a pair not cached yet. Only known methods are cached: a client that
+        sends made-up methods must not grow this dict (they all count as ``_OTHER``)."""
+        label = method if method in _METHODS else "_OTHER"
+        child = self._counter.labels(self.service, label, str(status))
+        if label == method:
+            self._children[method, status] = child
+        return child
+
+    def finish(
+        self,
+        context: MeshContext,
+        method: str,
+        path: str,
+        status: int,
+        duration: float,
+        span: SpanScope | None = None,
+        error: BaseException | None = None,
+        client: str | None = None,
+    ) -> None:
+        """Record one finished request (``duration`` in seconds)."""
+        child = self._children.get((method, status)) or self._child(method, status)
+        child.inc()
+        self._observe(duration)
+        if span is not None:
+            self.spans.end(span, status, error)
+        if error is not None:
+            error_log.error(
+                "app_error",
+                request_id=context.request_id,
+                trace_id=context.trace_id,
+                method=method,
+                path=path,
+                error=f"{type(error).__name__}: {error}",
+                exc_info=error,
+            )
+        if self.access_log:
+            access_log.info(
+                "request",
+                trace_id=context.trace_id,
+                span_id=context.span_id,
+                request_id=context.request_id,
+                method=method,
+                path=path,
+                status=status,
+                duration_ms=round(duration * 1000, 3),
+                caller=context.caller,
+                client=client,
+            )

@@ -1,0 +1,199 @@
+"""OpenTelemetry SERVER spans for inbound requests, only where a real tracer provider is set.
+
+``opentelemetry-api`` is optional. Without it, or while the global tracer provider is the API's
+no-op/proxy provider, :meth:`ServerSpans.tracer` answers ``None`` after one comparison and
+nothing else happens per request. Once an SDK provider is installed (it
+can only be installed once per process), the tracer is cached.
+
+The span continues the caller's trace and *is* the request's server span: its ids replace those
+the core made in the :class:`~asgimesh.MeshContext`, so the ``traceparent`` that outbound calls
+send names a span the exporter really exports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..__version__ import __version__
+from .._context import MeshContext
+
+__all__ = ["ServerSpans", "SpanScope"]
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        NoOpTracerProvider,
+        ProxyTracerProvider,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+        TraceState,
+    )
+except ImportError:  # pragma: no cover - exercised only without the optional dependency
+    trace = None  # type: ignore[assignment]
+
+#: (span, token of the attached OTel context) for one request.
+SpanScope = tuple[Any, Any]
+
+
+class ServerSpans:
+    """Starts and ends the SERVER span of each request while a real provider is configured."""
+
+    #: Seconds between looks at the global provider while it is the no-op one.
+    RECHECK = 1.0
+
+    def __init__(self) -> None:
+        self._tracer: Any = None
+        self._next_check = float("-inf")
+
+    def tracer(self, now: float) -> Any:
+        """The tracer, or ``None`` while tracing is off (the common, cheap case).
+
+        While no real provider is installed this costs one comparison: the global provider is
+        looked up again only every :attr:`RECHECK` seconds (``now`` is ``time.monotonic``), so a
+        provider installed after start-up (in a lifespan handler, say) is used within a second.
+        """
+        tracer = self._tracer
+        if tracer is not None or now < self._next_check:
+            return tracer
+        self._next_check = now + self.RECHECK
+        if trace is None:
+            return None
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, NoOpTracerProvider | ProxyTracerProvider):
+            return None
+        self._tracer = tracer = provider.get_tracer("asgimesh", __version__)
+        return tracer
+
+    def start(
+        self,
+        tracer: Any,
+        context: MeshContext,
+        method: str,
+        attributes: dict[str, Any],
+    ) -> SpanScope:
+        """Start the span as a child of the caller's, take its ids into ``context`` and make it
+        the current OTel span for the app (so the app's own spans nest under it)."""
+        if context.parent_span_id is not None:
+            parent = SpanContext(
+                int(context.trace_id, 16),
+                int(context.parent_span_id, 16),
+                is_remote=True,
+                trace_flags=TraceFlags(int(context.trace_flags, 16)),
+                trace_state=TraceState.from_header([context.tracestate])
+                if context.tracestate
+                else None,
+            )
+            parent_context = trace.set_span_in_context(NonRecordingSpan(parent))
+        else:
+            # An empty context: a trace the caller did not start must not nest under whatever
+            # span happens to be current in the server.
+            parent_context = otel_context.Context()
+        span = tracer.start_span(
+            method, context=parent_context, kind=SpanKind.SERVER, attributes=attributes
+        )
+        ids = span.get_span_context()
+        if ids.is_valid:
+            context.trace_id = f"{ids.trace_id:032x}"
+            context.span_id = f"{ids.span_id:016x}"
+            context.trace_flags = f"{int(ids.trace_flags):02x}"
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return span, token
+
+    @staticmethod
+    def detach(scope: SpanScope) -> None:
+        """Stop making the span current (in the context it was attached in)."""
+        otel_context.detach(scope[1])
+
+    @staticmethod
+    def end(scope: SpanScope, status: int, error: BaseException | None) -> None:
+        span = scope[0]
+        span.set_attribute("http.response.status_code", status)
+        if error is not None:
+            span.record_exception(error)
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        elif status >= 500:
+            # Semantic conventions: for SERVER spans only 5xx is an error.
+            span.set_attribute("error.type", str(status))
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+def _method_attributes(method: str, attributes: dict[str, Any]) -> None:
+    if method in _KNOWN_METHODS:
+        attributes["http.request.method"] = method
+    else:
+        attributes["http.request.method"] = "_OTHER"
+        attributes["http.request.method_original"] = method
+
+
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+def scope_attributes(scope: Any) -> dict[str, Any]:
+    """Semantic-convention request attributes of an ASGI ``http`` scope."""
+    attributes: dict[str, Any] = {
+        "url.scheme": scope.get("scheme", "http"),
+        "url.path": scope["path"],
+        "network.protocol.version": scope.get("http_version", "1.1"),
+    }
+    _method_attributes(scope["method"], attributes)
+    query = scope.get("query_string")
+    if query:
+        attributes["url.query"] = query.decode("latin-1")
+    host = None
+    for name, value in scope.get("headers", ()):
+        if name == b"host" and host is None:
+            host = value.decode("latin-1")
+        elif name == b"user-agent":
+            attributes["user_agent.original"] = value.decode("latin-1")
+    _server_attributes(host, scope.get("server"), attributes)
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = client[0]
+        if len(client) > 1 and client[1]:
+            attributes["client.port"] = int(client[1])
+    return attributes
+
+
+def environ_attributes(environ: Any) -> dict[str, Any]:
+    """Semantic-convention request attributes of a WSGI ``environ``."""
+    protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+    attributes: dict[str, Any] = {
+        "url.scheme": environ.get("wsgi.url_scheme", "http"),
+        "url.path": environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "") or "/",
+        "network.protocol.version": protocol.partition("/")[2] or protocol,
+    }
+    _method_attributes(environ.get("REQUEST_METHOD", "GET"), attributes)
+    if environ.get("QUERY_STRING"):
+        attributes["url.query"] = environ["QUERY_STRING"]
+    if environ.get("HTTP_USER_AGENT"):
+        attributes["user_agent.original"] = environ["HTTP_USER_AGENT"]
+    server = (environ.get("SERVER_NAME"), environ.get("SERVER_PORT"))
+    _server_attributes(environ.get("HTTP_HOST"), server, attributes)
+    if environ.get("REMOTE_ADDR"):
+        attributes["client.address"] = environ["REMOTE_ADDR"]
+        if str(environ.get("REMOTE_PORT", "")).isdigit():
+            attributes["client.port"] = int(environ["REMOTE_PORT"])
+    return attributes
+
+
+def _server_attributes(host: str | None, server: Any, attributes: dict[str, Any]) -> None:
+    if host:
+        name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if not name or not port.isdigit():
+            name, port = host, ""
+        attributes["server.address"] = name
+        if port:
+            attributes["server.port"] = int(port)
+    elif server and server[0]:
+        attributes["server.address"] = str(server[0])
+        if server[1] and str(server[1]).isdigit():
+            attributes["server.port"] = int(server[1])

@@ -1,0 +1,147 @@
+"""The client commands against a real control-plane process, as an operator runs them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, subprocess_env
+
+TOKEN = "test-admin-token"
+
+
+def asgimesh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asgimesh", *args],
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def cp(control_plane_process):
+    return control_plane_process.start()
+
+
+@pytest.fixture
+def policy_files(tmp_path: Path) -> tuple[Path, Path]:
+    good = tmp_path / "policy.yaml"
+    good.write_text(
+        "defaults:\n  timeout: 3s\nservices:\n  payments:\n    retries: {attempts: 0}\n"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults:\n  timeout: fast\n  load_balancer: fastest\n")
+    return good, bad
+
+
+def test_apply_get_history_rollback(cp, policy_files) -> None:
+    good, _ = policy_files
+    applied = asgimesh("policy", "apply", str(good), "--server", cp.url, "--token", TOKEN)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip().endswith("applied as version 1")
+    asgimesh("policy", "apply", str(good), "--server", cp.url, "--token", TOKEN)
+
+    got = asgimesh("policy", "get", "--server", cp.url)
+    assert got.returncode == 0 and '"version": 2' in got.stdout and '"timeout": "3s"' in got.stdout
+
+    rolled = asgimesh(
+        "policy", "rollback", "1", env={"MESH_CONFIG": cp.url, "MESH_ADMIN_TOKEN": TOKEN}
+    )
+    assert rolled.returncode == 0 and "now version 3" in rolled.stdout
+    history = asgimesh("policy", "history", "--server", cp.url, "--token", TOKEN)
+    assert history.returncode == 0 and "rollback to 1" in history.stdout
+
+    unknown = asgimesh("policy", "rollback", "42", "--server", cp.url, "--token", TOKEN)
+    assert unknown.returncode == 1 and "version 42 is not in the history" in unknown.stderr
+
+
+def test_an_invalid_file_prints_every_problem_and_sends_nothing(cp, policy_files) -> None:
+    _, bad = policy_files
+    refused = asgimesh("policy", "apply", str(bad), "--server", cp.url, "--token", TOKEN)
+    assert refused.returncode == 1
+    assert "2 problem(s)" in refused.stderr
+    assert "defaults.timeout: expected a duration" in refused.stderr
+    assert "defaults.load_balancer: expected one of" in refused.stderr
+    assert httpx.get(cp.url + "/v1/policy").status_code == 404
+    empty = asgimesh("policy", "get", "--server", cp.url)
+    assert empty.returncode == 1 and "no policy version has been stored yet" in empty.stderr
+
+
+def test_a_wrong_or_missing_token_is_exit_4(cp, policy_files) -> None:
+    good, _ = policy_files
+    wrong = asgimesh("policy", "apply", str(good), "--server", cp.url, "--token", "nope")
+    assert wrong.returncode == 4
+    assert (
+        wrong.stderr.startswith("asgimesh: the control plane at")
+        and "refused the token" in wrong.stderr
+    )
+    assert "nope" not in wrong.stderr
+    missing = asgimesh("token", "create", "orders", "--server", cp.url)
+    assert missing.returncode == 4 and "MESH_ADMIN_TOKEN" in missing.stderr
+
+
+def test_an_unreachable_server_is_exit_3_and_no_server_is_exit_2(policy_files) -> None:
+    good, _ = policy_files
+    url = f"http://127.0.0.1:{free_port()}"
+    down = asgimesh("policy", "apply", str(good), "--server", url, "--token", TOKEN)
+    assert down.returncode == 3 and f"cannot reach the control plane at {url}" in down.stderr
+    assert asgimesh("status", "--server", url).returncode == 3
+    nowhere = asgimesh("policy", "get")
+    assert nowhere.returncode == 2 and "--server" in nowhere.stderr
+
+
+def test_token_create_and_status_table(cp) -> None:
+    created = asgimesh("token", "create", "orders", "--server", cp.url, "--token", TOKEN)
+    assert created.returncode == 0
+    token = created.stdout.strip()
+    assert token.startswith("mst_")
+    report = {
+        "service": "orders",
+        "instance": "i-1",
+        "policy_version": 0,
+        "requests": 50,
+        "requests_per_second": 5.0,
+        "success_rate": 0.98,
+        "p50_ms": 2.5,
+        "p99_ms": 12.0,
+    }
+    sent = httpx.post(
+        cp.url + "/v1/reports", json=report, headers={"authorization": f"Bearer {token}"}
+    )
+    assert sent.status_code == 200
+    status = asgimesh("status", env={"MESH_CONFIG": cp.url})
+    assert status.returncode == 0
+    header, row = status.stdout.splitlines()[1:3]
+    assert header.split() == [
+        "SERVICE",
+        "INSTANCES",
+        "POLICY",
+        "REQ/S",
+        "SUCCESS",
+        "P50",
+        "MS",
+        "P99",
+        "MS",
+    ]
+    assert row.split() == ["orders", "1", "0", "5.0", "98.00%", "2.5", "12.0"]
+
+
+def test_control_plane_refuses_a_bad_store_in_one_line(tmp_path: Path) -> None:
+    result = asgimesh("control-plane", "--store", "ftp://x", "--state-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("asgimesh: --store='ftp://x': expected etcd://")
+    assert "Traceback" not in result.stderr
+
+
+def test_control_plane_names_an_unreachable_store_in_one_line(tmp_path: Path) -> None:
+    store = f"etcd://127.0.0.1:{free_port()}"
+    result = asgimesh(
+        "control-plane", "--store", store, "--store-wait", "300ms", "--state-dir", str(tmp_path)
+    )
+    assert result.returncode == 3
+    assert result.stderr.strip().startswith("asgimesh: cannot use the store etcd:")
+    assert "Traceback" not in result.stderr
