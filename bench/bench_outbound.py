@@ -50,8 +50,8 @@ CALLS = int(os.environ.get("BENCH_OUTBOUND_CALLS", "20000"))
 CONCURRENCY = int(os.environ.get("BENCH_OUTBOUND_CONCURRENCY", "32"))
 #: Many short rounds rather than a few long ones: the machine is shared, its load drifts within
 #: seconds, and short alternating rounds expose both clients to the same drift.
-OVERHEAD_CALLS = int(os.environ.get("BENCH_OUTBOUND_OVERHEAD_CALLS", "1500"))
-ROUNDS = int(os.environ.get("BENCH_OUTBOUND_ROUNDS", "15"))
+OVERHEAD_CALLS = int(os.environ.get("BENCH_OUTBOUND_OVERHEAD_CALLS", "1000"))
+ROUNDS = int(os.environ.get("BENCH_OUTBOUND_ROUNDS", "25"))
 #: Calls to the healthy replica alone, for its reference latency.
 REFERENCE_CALLS = int(os.environ.get("BENCH_OUTBOUND_REFERENCE_CALLS", "5000"))
 
