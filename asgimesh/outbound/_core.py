@@ -48,6 +48,7 @@ class OutboundCore:
         rng: random.Random | None = None,
     ) -> None:
         self.runtime = runtime
+        self._on_request = runtime.on_request
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()  # noqa: S311 - not for secrets
         self._lock = threading.Lock()
@@ -81,6 +82,8 @@ class OutboundCore:
     def plan(self, method: str, host: str, path: str, *, replayable: bool) -> Plan | None:
         """A plan for a call to ``host`` (lower case, as httpx gives it) if it names a mesh
         service, else ``None``."""
+        if self._on_request is not None:
+            self._on_request()  # serverless policy refresh: starts one if due, never waits
         compiled = self.compiled()
         routes = compiled.services.get(host)
         if routes is None:
