@@ -37,6 +37,16 @@ def _candidates(endpoints: Sequence[Endpoint], exclude: Collection[Endpoint]) ->
     return rest or endpoints
 
 
+def _two(pool: Sequence[Endpoint], rng: random.Random) -> tuple[Endpoint, Endpoint]:
+    """Two distinct endpoints of ``pool`` (at least two long), uniformly at random."""
+    count = len(pool)
+    first = int(rng.random() * count)
+    second = int(rng.random() * (count - 1))
+    if second >= first:
+        second += 1
+    return pool[first], pool[second]
+
+
 class P2CEwma:
     """Power of two choices on peak-EWMA latency x (outstanding + 1)."""
 
@@ -47,14 +57,9 @@ class P2CEwma:
         self, endpoints: Sequence[Endpoint], now: float, exclude: Collection[Endpoint] = ()
     ) -> Endpoint:
         pool = _candidates(endpoints, exclude)
-        count = len(pool)
-        if count == 1:
+        if len(pool) == 1:
             return pool[0]
-        first = int(self._rng.random() * count)
-        second = int(self._rng.random() * (count - 1))
-        if second >= first:
-            second += 1
-        a, b = pool[first], pool[second]
+        a, b = _two(pool, self._rng)
         return a if a.cost(now) <= b.cost(now) else b
 
 
@@ -68,14 +73,9 @@ class LeastRequest:
         self, endpoints: Sequence[Endpoint], now: float, exclude: Collection[Endpoint] = ()
     ) -> Endpoint:
         pool = _candidates(endpoints, exclude)
-        count = len(pool)
-        if count == 1:
+        if len(pool) == 1:
             return pool[0]
-        first = int(self._rng.random() * count)
-        second = int(self._rng.random() * (count - 1))
-        if second >= first:
-            second += 1
-        a, b = pool[first], pool[second]
+        a, b = _two(pool, self._rng)
         return a if a.outstanding <= b.outstanding else b
 
 
