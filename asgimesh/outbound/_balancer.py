@@ -47,36 +47,40 @@ def _two(pool: Sequence[Endpoint], rng: random.Random) -> tuple[Endpoint, Endpoi
     return pool[first], pool[second]
 
 
-class P2CEwma:
+class _PowerOfTwo:
+    """Pick two endpoints at random and send to the less loaded; subclasses say what load is."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def pick(
+        self, endpoints: Sequence[Endpoint], now: float, exclude: Collection[Endpoint] = ()
+    ) -> Endpoint:
+        pool = _candidates(endpoints, exclude)
+        if len(pool) == 1:
+            return pool[0]
+        a, b = _two(pool, self._rng)
+        return a if self._load(a, now) <= self._load(b, now) else b
+
+    @staticmethod
+    def _load(endpoint: Endpoint, now: float) -> float:
+        raise NotImplementedError
+
+
+class P2CEwma(_PowerOfTwo):
     """Power of two choices on peak-EWMA latency x (outstanding + 1)."""
 
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
-
-    def pick(
-        self, endpoints: Sequence[Endpoint], now: float, exclude: Collection[Endpoint] = ()
-    ) -> Endpoint:
-        pool = _candidates(endpoints, exclude)
-        if len(pool) == 1:
-            return pool[0]
-        a, b = _two(pool, self._rng)
-        return a if a.cost(now) <= b.cost(now) else b
+    @staticmethod
+    def _load(endpoint: Endpoint, now: float) -> float:
+        return endpoint.cost(now)
 
 
-class LeastRequest:
+class LeastRequest(_PowerOfTwo):
     """Power of two choices on outstanding tries (Envoy's ``LEAST_REQUEST``)."""
 
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
-
-    def pick(
-        self, endpoints: Sequence[Endpoint], now: float, exclude: Collection[Endpoint] = ()
-    ) -> Endpoint:
-        pool = _candidates(endpoints, exclude)
-        if len(pool) == 1:
-            return pool[0]
-        a, b = _two(pool, self._rng)
-        return a if a.outstanding <= b.outstanding else b
+    @staticmethod
+    def _load(endpoint: Endpoint, now: float) -> float:
+        return endpoint.outstanding
 
 
 class RoundRobin:
