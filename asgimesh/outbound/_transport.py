@@ -20,7 +20,8 @@ import anyio
 from .._runtime import MeshRuntime, get_runtime
 from ._call import Call
 from ._core import OutboundCore, Plan
-from ._discovery import addresses
+from ._discovery import DnsRecords, addresses
+from ._endpoint import Endpoint
 from ._lib import HttpLib
 from ._upstream import Refusal, Upstream
 
@@ -56,6 +57,61 @@ class _Shell:
             call.finish("error", now)
             raise exc
         return delay
+
+    def _begin(self, call: Call, request: Any) -> tuple[Endpoint, float]:
+        """The endpoint for the next try and the time it starts, else the refusal to raise."""
+        now = self._core.clock()
+        try:
+            return call.begin_try(now), now
+        except Refusal as refusal:
+            call.finish("error", now)
+            raise self._lib.refusal(refusal, request) from None
+
+    def _aborted(self, call: Call, endpoint: Endpoint) -> None:
+        """A try ended by something other than a transport error (cancellation, a bug)."""
+        call.release(endpoint)
+        call.finish("error", self._core.clock())
+
+    def _answered(
+        self, call: Call, endpoint: Endpoint, response: Any, tracked: Any
+    ) -> float | None:
+        """A try got an HTTP answer. ``None``: it is the call's answer, its stream wrapped in
+        ``tracked`` so the endpoint is released when the body is closed. Otherwise the delay
+        before the next try; the shell then discards the answer."""
+        now = self._core.clock()
+        status = response.status_code
+        retry_after = response.headers.get("retry-after") if status in (429, 503) else None
+        retry = call.answered(status, retry_after, now)
+        if retry is None:
+            call.finish(status, now)
+            response.stream = tracked(response.stream, call, endpoint)
+        return retry
+
+    def _fault_wait(self, call: Call, delay: float) -> tuple[float, bool]:
+        """How long an injected delay sleeps, and whether the deadline passes first."""
+        remaining = call.remaining(self._core.clock())
+        if remaining is not None and delay >= remaining:
+            return max(remaining, 0.0), True
+        return delay, False
+
+    def _expired(self, call: Call, request: Any) -> Exception:
+        call.finish("error", self._core.clock())
+        return self._lib.refusal(Refusal("deadline", call.deadline_message()), request)
+
+    def _dns_due(self, upstream: Upstream) -> DnsRecords | None:
+        """The upstream's DNS records when a lookup is due, else ``None``."""
+        dns = upstream.dns
+        return dns if dns is not None and dns.should_resolve(self._core.clock()) else None
+
+    def _dns_answer(self, upstream: Upstream, dns: DnsRecords, infos: Any) -> None:
+        """Apply a lookup's answer (``None``: it failed, the last answer stays)."""
+        now = self._core.clock()
+        if infos is None:
+            dns.failed(now)
+            return
+        urls = dns.resolved(addresses(infos), now)
+        if urls is not None:
+            upstream.set_endpoints(urls, now)
 
     def _plan(self, request: Any) -> Plan | None:
         return self._core.plan(
@@ -105,12 +161,7 @@ class AsyncMeshShell(_Shell):
         inner = self._inner
         headers = lib.base_headers(request, call)
         while True:
-            now = clock()
-            try:
-                endpoint = call.begin_try(now)
-            except Refusal as refusal:
-                call.finish("error", now)
-                raise lib.refusal(refusal, request) from None
+            endpoint, now = self._begin(call, request)
             try:
                 response = await inner.handle_async_request(
                     lib.outgoing(request, endpoint, call, headers, now)
@@ -119,17 +170,10 @@ class AsyncMeshShell(_Shell):
                 await anyio.sleep(self._failed(call, exc, request))
                 continue
             except BaseException:
-                call.release(endpoint)
-                call.finish("error", clock())
+                self._aborted(call, endpoint)
                 raise
-            now = clock()
-            status = response.status_code
-            retry = call.answered(
-                status, response.headers.get("retry-after") if status in (429, 503) else None, now
-            )
+            retry = self._answered(call, endpoint, response, lib.AsyncTracked)
             if retry is None:
-                call.finish(status, now)
-                response.stream = lib.AsyncTracked(response.stream, call, endpoint)
                 return response
             await self._discard(response)
             call.release(endpoint)
@@ -147,26 +191,20 @@ class AsyncMeshShell(_Shell):
             await response.aclose()
 
     async def _fault_delay(self, call: Call, delay: float, request: Any) -> None:
-        remaining = call.remaining(self._core.clock())
-        if remaining is not None and delay >= remaining:
-            await anyio.sleep(max(remaining, 0.0))
-            call.finish("error", self._core.clock())
-            raise self._lib.refusal(Refusal("deadline", call.deadline_message()), request)
-        await anyio.sleep(delay)
+        seconds, expired = self._fault_wait(call, delay)
+        await anyio.sleep(seconds)
+        if expired:
+            raise self._expired(call, request)
 
     async def _resolve(self, upstream: Upstream) -> None:
-        dns, clock = upstream.dns, self._core.clock
-        assert dns is not None
-        if not dns.should_resolve(clock()):
+        dns = self._dns_due(upstream)
+        if dns is None:
             return
         try:
-            infos = await anyio.getaddrinfo(dns.host, dns.port, type=socket.SOCK_STREAM)
+            infos: Any = await anyio.getaddrinfo(dns.host, dns.port, type=socket.SOCK_STREAM)
         except OSError:
-            dns.failed(clock())
-            return
-        urls = dns.resolved(addresses(infos), clock())
-        if urls is not None:
-            upstream.set_endpoints(urls, clock())
+            infos = None
+        self._dns_answer(upstream, dns, infos)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -219,29 +257,17 @@ class SyncMeshShell(_Shell):
         inner = self._inner
         headers = lib.base_headers(request, call)
         while True:
-            now = clock()
-            try:
-                endpoint = call.begin_try(now)
-            except Refusal as refusal:
-                call.finish("error", now)
-                raise lib.refusal(refusal, request) from None
+            endpoint, now = self._begin(call, request)
             try:
                 response = inner.handle_request(lib.outgoing(request, endpoint, call, headers, now))
             except lib.TransportError as exc:
                 time.sleep(self._failed(call, exc, request))
                 continue
             except BaseException:
-                call.release(endpoint)
-                call.finish("error", clock())
+                self._aborted(call, endpoint)
                 raise
-            now = clock()
-            status = response.status_code
-            retry = call.answered(
-                status, response.headers.get("retry-after") if status in (429, 503) else None, now
-            )
+            retry = self._answered(call, endpoint, response, lib.SyncTracked)
             if retry is None:
-                call.finish(status, now)
-                response.stream = lib.SyncTracked(response.stream, call, endpoint)
                 return response
             self._discard(response)
             call.release(endpoint)
@@ -257,26 +283,20 @@ class SyncMeshShell(_Shell):
             response.close()
 
     def _fault_delay(self, call: Call, delay: float, request: Any) -> None:
-        remaining = call.remaining(self._core.clock())
-        if remaining is not None and delay >= remaining:
-            time.sleep(max(remaining, 0.0))
-            call.finish("error", self._core.clock())
-            raise self._lib.refusal(Refusal("deadline", call.deadline_message()), request)
-        time.sleep(delay)
+        seconds, expired = self._fault_wait(call, delay)
+        time.sleep(seconds)
+        if expired:
+            raise self._expired(call, request)
 
     def _resolve(self, upstream: Upstream) -> None:
-        dns, clock = upstream.dns, self._core.clock
-        assert dns is not None
-        if not dns.should_resolve(clock()):
+        dns = self._dns_due(upstream)
+        if dns is None:
             return
         try:
-            infos = socket.getaddrinfo(dns.host, dns.port, type=socket.SOCK_STREAM)
+            infos: Any = socket.getaddrinfo(dns.host, dns.port, type=socket.SOCK_STREAM)
         except OSError:
-            dns.failed(clock())
-            return
-        urls = dns.resolved(addresses(infos), clock())
-        if urls is not None:
-            upstream.set_endpoints(urls, clock())
+            infos = None
+        self._dns_answer(upstream, dns, infos)
 
     def close(self) -> None:
         self._inner.close()
