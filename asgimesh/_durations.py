@@ -10,7 +10,7 @@ import json
 import math
 import re
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["parse_duration"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
@@ -37,18 +37,6 @@ def parse_duration(value: object) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"expected {EXPECTED}, got {_show(value)}")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of ``seconds`` (``0.25`` -> ``"250ms"``), for config dumps."""
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    if seconds >= 1 and float(seconds).is_integer():
-        return f"{int(seconds)}s"
-    millis = seconds * 1000
-    if abs(millis - round(millis)) < 1e-9:
-        return f"{round(millis)}ms"
-    return f"{seconds}s"
 
 
 def _show(value: object) -> str:

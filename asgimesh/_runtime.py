@@ -67,7 +67,6 @@ class MeshRuntime:
             self.source.load()
             if start:
                 self.source.start()
-        self.metrics.policy_reloads.labels(self.settings.service, "success")
 
     @property
     def snapshot(self) -> PolicySnapshot:

@@ -6,13 +6,11 @@ treated as absent, never as an error.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 
 __all__ = [
-    "new_request_id",
     "new_span_id",
-    "new_trace_id",
     "parse_deadline_ms",
     "parse_envoy_timeout_ms",
     "parse_grpc_timeout",
@@ -93,13 +91,8 @@ def parse_grpc_timeout(value: str | None) -> float | None:
     return int(digits) * _GRPC_UNITS[unit]
 
 
-def new_trace_id() -> str:
-    return os.urandom(16).hex()
-
-
 def new_span_id() -> str:
-    return os.urandom(8).hex()
-
-
-def new_request_id() -> str:
-    return os.urandom(16).hex()
+    """A W3C span id (never all zeros), made as the inbound core makes its ids: from
+    ``random.getrandbits`` (reseeded after fork), since ids must be unique, not secret, and
+    ``os.urandom`` would cost a system call on every outbound call."""
+    return (random.getrandbits(64) or 1).to_bytes(8, "big").hex()
