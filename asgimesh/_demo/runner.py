@@ -7,6 +7,7 @@ Every piece is a real process on a loopback port, started the way an operator wo
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import secrets
 import signal
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -149,14 +151,13 @@ def run_demo(*, state_dir: Path, duration: float | None, port: int) -> int:
         _wait(cp_url + "/v1/policy", cp.popen, "control plane")
 
         ports = {name: _free_port() for name in ("payments-1", "payments-2", "orders", "frontend")}
-        policy = dict(DEMO_POLICY)
-        services = {k: dict(v) for k, v in DEMO_POLICY["services"].items()}  # type: ignore[attr-defined]
+        policy: dict[str, Any] = copy.deepcopy(DEMO_POLICY)
+        services = policy["services"]
         services["payments"]["endpoints"] = [
             f"http://127.0.0.1:{ports['payments-1']}",
             f"http://127.0.0.1:{ports['payments-2']}",
         ]
         services["orders"] = {"endpoints": [f"http://127.0.0.1:{ports['orders']}"]}
-        policy["services"] = services
         admin = {"Authorization": f"Bearer {admin_token}"}
         httpx.put(cp_url + "/v1/policy", json=policy, headers=admin, timeout=10).raise_for_status()
 
