@@ -12,8 +12,12 @@ __all__ = ["configure_logging"]
 
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     """Render structlog events as JSON lines (or for a console) on stderr."""
+    # Plain tracebacks even where rich is installed: a pretty one renders every frame's locals
+    # (slow, and they may hold request headers). The mesh itself never logs one (asgimesh._log).
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[

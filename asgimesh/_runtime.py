@@ -12,9 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-import structlog
-
 from ._errors import ConfigError, PolicyError
+from ._log import get_logger
 from .policy import PolicySnapshot, PolicyStore
 from .policy._file_source import FilePolicySource
 from .settings import MeshSettings
@@ -22,7 +21,7 @@ from .telemetry import MeshMetrics
 
 __all__ = ["MeshRuntime", "get_runtime", "set_runtime"]
 
-log = structlog.get_logger("asgimesh")
+log = get_logger("asgimesh")
 
 
 class PolicySource(Protocol):

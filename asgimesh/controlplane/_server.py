@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio
 import httpx
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,6 +32,7 @@ from starlette.routing import Route
 
 from .._durations import parse_duration
 from .._errors import PolicyError
+from .._log import bounded, describe_error, get_logger
 from ..identity import CertificateRequestError, MeshCA
 from ..policy import parse_document, validate_document
 from ..policy._load import format_for, format_validation_error
@@ -46,7 +46,7 @@ from ._store import PolicyRecord, Store, open_store
 
 __all__ = ["ControlPlaneConfig", "create_app", "token_digest"]
 
-log = structlog.get_logger("asgimesh.controlplane")
+log = get_logger("asgimesh.controlplane")
 
 MAX_BODY = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -432,15 +432,17 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
-    """A bug: logged with its traceback here, answered in the API's shape without one."""
-    log.error("internal_error", path=request.url.path, exc_info=exc)
+    """A bug: one log line here, answered in the API's shape. Starlette re-raises it after this
+    handler, so the server prints its traceback once (plain, without locals)."""
+    kind, message = describe_error(exc)
+    log.error("internal_error", path=bounded(request.url.path), error_type=kind, message=message)
     return JSONResponse(
         {"error": "internal", "detail": "the control plane failed; see its log"}, status_code=500
     )
 
 
 async def _store_down(request: Request, exc: Exception) -> Response:
-    log.warning("store_unavailable", error=str(exc))
+    log.warning("store_unavailable", error=" ".join(describe_error(exc)))
     return JSONResponse(
         {"error": "store_unavailable", "detail": "the control plane's store cannot be reached"},
         status_code=503,

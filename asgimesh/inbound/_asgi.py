@@ -18,7 +18,7 @@ from typing import Any
 
 from .._context import _current
 from .._runtime import MeshRuntime, get_runtime
-from ..telemetry._inbound import InboundTelemetry
+from ..telemetry._inbound import InboundTelemetry, asgi_route
 from ..telemetry._otel import SpanScope, scope_attributes
 from ._admin import Admin
 from ._core import RESPONSE_HEADER, Answer, InboundCore, asgi_fields
@@ -112,6 +112,7 @@ class MeshMiddleware:
                 span,
                 error,
                 host,
+                asgi_route(scope) if error is not None else None,
             )
 
 

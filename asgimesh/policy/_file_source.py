@@ -12,15 +12,14 @@ import os
 import threading
 from pathlib import Path
 
-import structlog
-
 from .._errors import PolicyError
+from .._log import get_logger
 from ._load import read_policy_file
 from ._state import PolicyStore
 
 __all__ = ["FilePolicySource"]
 
-log = structlog.get_logger("asgimesh.policy")
+log = get_logger("asgimesh.policy")
 
 
 class FilePolicySource:

@@ -11,22 +11,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from .._context import MeshContext
+from .._log import bounded, describe_error, get_logger
 from ._otel import ServerSpans, SpanScope
 
 if TYPE_CHECKING:
     from .._runtime import MeshRuntime
 
-__all__ = ["InboundTelemetry"]
+__all__ = ["InboundTelemetry", "asgi_route"]
 
 _METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 )
 
-access_log = structlog.get_logger("asgimesh.access")
-error_log = structlog.get_logger("asgimesh.inbound")
+access_log = get_logger("asgimesh.access")
+error_log = get_logger("asgimesh.inbound")
+
+
+def asgi_route(scope: Any) -> str | None:
+    """The route template the app matched (Starlette and FastAPI put the route in the scope),
+    or ``None``."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
 
 
 class InboundTelemetry:
@@ -60,22 +66,32 @@ class InboundTelemetry:
         span: SpanScope | None = None,
         error: BaseException | None = None,
         client: str | None = None,
+        route: str | None = None,
     ) -> None:
-        """Record one finished request (``duration`` in seconds)."""
+        """Record one finished request (``duration`` in seconds).
+
+        ``route`` is the app's route template where the framework tells (Starlette's
+        ``scope["route"]``): logged instead of the path, which may hold ids or secrets.
+        """
         child = self._children.get((method, status)) or self._child(method, status)
         child.inc()
         self._observe(duration)
         if span is not None:
             self.spans.end(span, status, error)
         if error is not None:
+            # One line, no traceback: the server prints the re-raised exception's traceback
+            # once, and a traceback rendered here (with locals, under rich) would cost
+            # milliseconds and copy the request's headers into the log (see asgimesh._log).
+            kind, message = describe_error(error)
             error_log.error(
                 "app_error",
+                error_type=kind,
+                message=message,
+                method=method if method in _METHODS else "_OTHER",
+                **({"route": route} if route is not None else {"path": bounded(path)}),
+                status=status,
                 request_id=context.request_id,
                 trace_id=context.trace_id,
-                method=method,
-                path=path,
-                error=f"{type(error).__name__}: {error}",
-                exc_info=error,
             )
         if self.access_log:
             access_log.info(
@@ -83,8 +99,8 @@ class InboundTelemetry:
                 trace_id=context.trace_id,
                 span_id=context.span_id,
                 request_id=context.request_id,
-                method=method,
-                path=path,
+                method=method if method in _METHODS else "_OTHER",
+                path=bounded(path, 1000),
                 status=status,
                 duration_ms=round(duration * 1000, 3),
                 caller=context.caller,

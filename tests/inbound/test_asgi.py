@@ -187,7 +187,8 @@ async def test_app_exception_is_reraised_unchanged_and_logged(make_runtime) -> N
     assert entry["log_level"] == "error"
     assert entry["request_id"] == "r-9"
     assert entry["path"] == "/explode"
-    assert entry["error"] == "ValueError: bad things"
+    assert (entry["error_type"], entry["message"], entry["status"]) == ("ValueError", "bad things", 500)
+    assert entry["trace_id"] and "exc_info" not in entry
     assert (
         runtime.metrics.registry.get_sample_value(
             "mesh_inbound_requests_total", {"service": "web", "method": "GET", "status": "500"}

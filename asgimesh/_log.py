@@ -1,0 +1,132 @@
+"""The mesh's loggers, and what may go into them.
+
+A library must not configure its host's logging (structlog's advice for libraries), so every
+logger here follows the host's structlog configuration as soon as the host has one. Until then
+structlog's *default* configuration is the wrong one for a library that runs inside every
+request: its console renderer prints to stdout and, where ``rich`` or ``better-exceptions`` is
+installed, draws each exception's traceback with the locals of every frame, which costs
+milliseconds to seconds of CPU per event and copies whatever the frames hold (an ASGI scope with
+an ``Authorization`` header, a cookie) into the log.
+
+So, while the host has not configured structlog, the mesh's events go through a pipeline of its
+own: level, timestamp, one JSON line on stderr, INFO and above, and never a traceback. The events
+themselves carry no traceback in either case: an error is described by :func:`describe_error`
+(type, bounded message, credentials redacted) and the server that receives the re-raised
+exception prints its own plain traceback once.
+
+What the mesh logs never holds a header value other than the request id and trace ids, nor a
+token, a cookie or URL credentials; :func:`redact` is the one scrubber for text that might.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["MeshLogger", "describe_error", "get_logger", "redact"]
+
+#: The longest exception message or path the mesh writes into one event.
+MAX_TEXT = 200
+
+
+class _Stderr:
+    """``sys.stderr`` looked up at each write, so hosts and tests that replace it are followed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _never_traceback(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    # Nothing in the mesh passes exc_info; should anything (a host's processor, say) add it, it
+    # is dropped here rather than rendered, with the locals that a pretty renderer would show.
+    event.pop("exc_info", None)
+    event.pop("stack_info", None)
+    return event
+
+
+_OWN_PROCESSORS: list[Any] = [
+    _never_traceback,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.JSONRenderer(),
+]
+_OWN_CLASS: Any = structlog.make_filtering_bound_logger(logging.INFO)
+
+
+class MeshLogger:
+    """A structlog logger for one part of the mesh (``asgimesh.inbound``, ...).
+
+    Each call goes to the host's structlog configuration when there is one (decided at the call,
+    so a host that configures structlog after importing the mesh is followed), else to the mesh's
+    own minimal pipeline. Events are rare (errors, reloads) but for the opt-in access log, where
+    the choice costs one attribute read.
+    """
+
+    __slots__ = ("_host", "_own")
+
+    def __init__(self, name: str, file: TextIO | None = None) -> None:
+        self._host: Any = structlog.get_logger(name)
+        printer = structlog.PrintLogger(file if file is not None else _Stderr())  # type: ignore[arg-type]
+        self._own: Any = _OWN_CLASS(printer, _OWN_PROCESSORS, {"logger": name})
+
+    def _target(self) -> Any:
+        return self._host if structlog.is_configured() else self._own
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._target().debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._target().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._target().warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._target().error(event, **fields)
+
+
+def get_logger(name: str) -> MeshLogger:
+    """The logger for ``name``; modules make theirs once, at import."""
+    return MeshLogger(name)
+
+
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_CUT_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*$")
+_AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic|token)(\s+|=)[^\s,;\"']+")
+
+
+def redact(text: str) -> str:
+    """``text`` with URL credentials and bearer/basic credentials replaced by ``<redacted>``."""
+    if "@" in text:
+        text = _URL_CREDENTIALS.sub(r"\1<redacted>@", text)
+    return _AUTH_VALUE.sub(r"\1\2<redacted>", text)
+
+
+def bounded(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis where cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_error(error: BaseException, limit: int = MAX_TEXT) -> tuple[str, str]:
+    """``(type name, message)`` of an exception, fit for a log line: the message on one line,
+    cut to ``limit`` characters, credentials redacted. Never raises (an exception's ``__str__``
+    may)."""
+    kind = type(error).__qualname__
+    try:
+        message = str(error)
+    except Exception:  # an app's broken __str__ must not turn its error into ours
+        message = "<unprintable>"
+    cut = len(message) > limit
+    if cut:
+        # Only the head is logged: redact that, and drop a URL cut before its '@' could show
+        # that what follows '://' is a password.
+        message = _CUT_URL.sub(r"\1…", message[:limit])
+    message = " ".join(redact(message).split())
+    return kind, bounded(message + ("…" if cut else ""), limit)
