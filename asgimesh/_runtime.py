@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ._errors import ConfigError, PolicyError
 from ._log import get_logger
@@ -18,6 +18,9 @@ from .policy import PolicySnapshot, PolicyStore
 from .policy._file_source import FilePolicySource
 from .settings import MeshSettings
 from .telemetry import MeshMetrics
+
+if TYPE_CHECKING:
+    from .inbound._admission import InboundAdmission
 
 __all__ = ["MeshRuntime", "get_runtime", "set_runtime"]
 
@@ -53,6 +56,8 @@ class MeshRuntime:
                 "use 'off' or 'permissive'"
             )
         self.metrics = MeshMetrics(self.settings.service)
+        self._lock = threading.Lock()
+        self._inbound_admission: InboundAdmission | None = None
         self.policy = PolicyStore.from_settings(self.settings)
         self.policy.subscribe(self._applied)
         self.policy.on_failure(self._refused)
@@ -70,6 +75,29 @@ class MeshRuntime:
     @property
     def snapshot(self) -> PolicySnapshot:
         return self.policy.current
+
+    @property
+    def inbound_admission(self) -> InboundAdmission:
+        """What this service admits (``inbound.<service>``): one per runtime, so every
+        middleware on it shares its buckets and in-flight count, as they serve one service.
+        Made at first use: a process that only calls out never compiles inbound rules."""
+        admission = self._inbound_admission
+        if admission is None:
+            # Imported here: the inbound package imports this module for get_runtime().
+            from .inbound._admission import InboundAdmission
+
+            with self._lock:
+                admission = self._inbound_admission
+                if admission is None:
+                    metrics = self.metrics
+                    admission = InboundAdmission(
+                        self.settings.service,
+                        self.policy,
+                        on_rate_limited=metrics.rate_limited.inc,
+                        on_denied=metrics.authz_denied.inc,
+                    )
+                    self._inbound_admission = admission
+        return admission
 
     def _make_source(self) -> PolicySource | None:
         target = self.settings.config

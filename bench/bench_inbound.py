@@ -248,7 +248,8 @@ def in_process(rounds: int = 7, calls: int = 10000) -> tuple[float, float]:
 _PROFILE_TARGET: tuple[object, object] | None = None
 #: Where a function's own time goes, by the file it is defined in (first match wins).
 _AREAS = (
-    ("asgimesh/inbound/_core.py", "core decision (ids, trace, deadline)"),
+    ("asgimesh/inbound/_decide.py", "core decision (ids, trace, deadline)"),
+    ("asgimesh/inbound/_exchange.py", "exchange (status, slot, span, telemetry once)"),
     ("asgimesh/_wire.py", "core decision (ids, trace, deadline)"),
     ("asgimesh/_context.py", "core decision (ids, trace, deadline)"),
     ("<string>", "core decision (ids, trace, deadline)"),  # the dataclass __init__

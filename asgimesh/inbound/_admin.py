@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..telemetry import CONTENT_TYPE
-from ._core import Answer, json_answer
+from ._answers import Answer, json_answer, json_document
 
 if TYPE_CHECKING:
     from .._runtime import MeshRuntime
@@ -37,11 +36,6 @@ def is_loopback(host: str | None) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
-
-
-def _json(status: int, document: Any, headers: tuple[tuple[str, str], ...] = ()) -> Answer:
-    body = json.dumps(document, indent=2, sort_keys=False).encode() + b"\n"
-    return Answer(status, (("content-type", "application/json"), *headers), body)
 
 
 def _leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -82,7 +76,7 @@ class Admin:
 
     def health(self) -> Answer:
         runtime = self._runtime
-        return _json(
+        return json_document(
             200,
             {
                 "status": "ok",
@@ -124,7 +118,7 @@ class Admin:
             settings[name] = "<set>" if settings.get(name) is not None else None
         if settings.get("policy"):
             settings["policy"] = "<set: see 'policy' and 'origin'>"
-        return _json(
+        return json_document(
             200,
             {
                 "service": runtime.settings.service,

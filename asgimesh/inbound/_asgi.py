@@ -1,28 +1,27 @@
 """``MeshMiddleware``: the inbound mesh for any ASGI app, as pure ASGI.
 
 The shell is thin: it picks the mesh's headers out of the scope, asks
-:class:`~asgimesh.inbound._core.InboundCore` what to do, and either sends the mesh's own answer or
+:class:`~asgimesh.inbound._decide.InboundCore` what to do, and either sends the mesh's own answer or
 calls the app with the request's :class:`~asgimesh.MeshContext` set as the context variable that
 outbound calls read. Messages pass through one by one in both directions, so request and
 response bodies stay streaming; ``lifespan`` and ``websocket`` scopes go straight to the app
 (but for a WebSocket handshake that the service's authorization refuses: answered 403).
-Per-request state lives in an :class:`_Exchange` made for the call (Starlette's
-``GZipResponder`` pattern), never on the middleware.
+Per-request state lives in the :class:`~asgimesh.inbound._exchange.InboundExchange` made for
+the call and its ``send`` wrapper (Starlette's ``GZipResponder`` pattern), never on the
+middleware.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .._context import _current
 from .._runtime import MeshRuntime, get_runtime
-from ..telemetry._inbound import InboundTelemetry, asgi_route
-from ..telemetry._otel import SpanScope, scope_attributes
-from ._admin import Admin
-from ._core import RESPONSE_HEADER, Answer, InboundCore, asgi_fields
-from ._limits import limits_for
+from ..telemetry._inbound import asgi_route
+from ..telemetry._otel import scope_attributes
+from ._answers import Answer
+from ._decide import InboundCore, asgi_fields
+from ._exchange import RESPONSE_HEADER, InboundExchange
 
 __all__ = ["MeshMiddleware"]
 
@@ -46,9 +45,7 @@ class MeshMiddleware:
     def __init__(self, app: ASGIApp, *, runtime: MeshRuntime | None = None) -> None:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
-        self._core = InboundCore(Admin(self.runtime), limits=limits_for(self.runtime))
-        self._telemetry = InboundTelemetry(self.runtime)
-        self._on_request = self.runtime.on_request
+        self._core = InboundCore.for_runtime(self.runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,85 +56,58 @@ class MeshMiddleware:
                     return
             await self.app(scope, receive, send)
             return
-        if self._on_request is not None:
-            self._on_request()  # serverless policy refresh: starts one if due, never waits
-        started = time.monotonic()
+        core = self._core
+        if core.on_request is not None:
+            core.on_request()  # serverless policy refresh: starts one if due, never waits
         method: str = scope["method"]
-        path: str = scope["path"]
         client = scope.get("client")
-        host: str | None = client[0] if client else None
-        decision = self._core.decide(method, path, asgi_fields(scope["headers"]), host, started)
-        context = decision.context
-        if decision.answer is not None:
-            await _send_answer(send, decision.answer, method, decision.response_headers)
-            if context is not None:
-                self._telemetry.finish(
-                    context, method, path, decision.answer.status, time.monotonic() - started
-                )
+        exchange = core.decide(
+            method, scope["path"], asgi_fields(scope["headers"]), client[0] if client else None
+        )
+        if exchange.answer is not None:
+            try:
+                await _send_answer(send, exchange.answer, method, exchange.response_headers)
+            finally:
+                exchange.finish()
             return
-
-        assert context is not None
-        gate = decision.gate
-        telemetry = self._telemetry
-        exchange = _Exchange(send, (_ECHO, context.request_id.encode("latin-1")))
-        span: SpanScope | None = None
-        token = None
         error: BaseException | None = None
         try:
-            tracer = telemetry.spans.tracer(started)
-            if tracer is not None:
-                span = telemetry.spans.start(tracer, context, method, scope_attributes(scope))
-            token = _current.set(context)
-            await self.app(scope, receive, exchange.send)
+            exchange.enter(scope_attributes, scope)
+            await self.app(scope, receive, _Responder(send, exchange).send)
         except Exception as exc:
             # Counted as a 500 and logged, then handed to the server unchanged. Cancellation
             # (a BaseException) is not the app's failure: counted with the status it got.
             error = exc
             raise
         finally:
-            # The concurrency slot goes back first, whatever happened: app error, cancellation
-            # on a client's disconnect, or a failure in the telemetry below.
-            if gate is not None:
-                gate.release()
-            if token is not None:
-                _current.reset(token)
-            if span is not None:
-                telemetry.spans.detach(span)
-            telemetry.finish(
-                context,
-                method,
-                path,
-                500 if error is not None else exchange.status,
-                time.monotonic() - started,
-                span,
-                error,
-                host,
-                asgi_route(scope) if error is not None else None,
-            )
+            try:
+                exchange.leave()
+            finally:
+                exchange.finish(error, asgi_route(scope) if error is not None else None)
 
 
-class _Exchange:
-    """One request's response side: remembers the status and adds the request id header."""
+class _Responder:
+    """The app's ``send``: tells the exchange the status and adds the request id header."""
 
-    __slots__ = ("_send", "echo", "status")
+    __slots__ = ("_exchange", "_send")
 
-    def __init__(self, send: Send, echo: tuple[bytes, bytes]) -> None:
+    def __init__(self, send: Send, exchange: InboundExchange) -> None:
         self._send = send
-        self.echo = echo
-        #: 500 until the app starts a response: an app that returns without one has failed.
-        self.status = 500
+        self._exchange = exchange
 
     def send(self, message: Message) -> Awaitable[None]:
         # A plain function handing back the server's awaitable: no coroutine of our own per
         # message, so a streamed body costs one call per chunk and nothing more.
         if message["type"] == "http.response.start":
-            self.status = message["status"]
+            exchange = self._exchange
+            exchange.status = message["status"]
             headers = list(message.get("headers", ()))
             for name, _ in headers:
                 if name.lower() == _ECHO:
                     break  # the app set its own: leave it
             else:
-                headers.append(self.echo)
+                assert exchange.context is not None
+                headers.append((_ECHO, exchange.context.request_id.encode("latin-1")))
             # A copy: the app may reuse its message dicts.
             message = {**message, "headers": headers}
         return self._send(message)

@@ -1,6 +1,6 @@
 """``MeshWSGIMiddleware``: the inbound mesh for WSGI apps (Flask, Django, ... under gunicorn).
 
-The same :class:`~asgimesh.inbound._core.InboundCore` decides each request as for ASGI; only the
+The same :class:`~asgimesh.inbound._decide.InboundCore` decides each request as for ASGI; only the
 plumbing differs. No ASGI adapter in between: the app is called in the server's own thread,
 and its response iterable is handed back wrapped, not read, so a streamed body stays streamed.
 The request counts as finished (status, duration, span end) when that iterable is exhausted, or
@@ -11,19 +11,16 @@ its body is produced, so outbound calls made from a streaming generator see it t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from .._context import MeshContext, _current
+from .._context import _current
 from .._runtime import MeshRuntime, get_runtime
-from ..telemetry._inbound import InboundTelemetry
-from ..telemetry._otel import SpanScope, environ_attributes
-from ._admin import Admin
-from ._core import RESPONSE_HEADER, InboundCore, environ_fields
-from ._limits import ConcurrencyGate, limits_for
+from ..telemetry._otel import environ_attributes
+from ._decide import InboundCore, environ_fields
+from ._exchange import RESPONSE_HEADER, InboundExchange
 
 __all__ = ["MeshWSGIMiddleware"]
 
@@ -49,139 +46,73 @@ class MeshWSGIMiddleware:
     def __init__(self, app: WSGIApp, *, runtime: MeshRuntime | None = None) -> None:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
-        self._core = InboundCore(Admin(self.runtime), limits=limits_for(self.runtime))
-        self._telemetry = InboundTelemetry(self.runtime)
-        self._on_request = self.runtime.on_request
+        self._core = InboundCore.for_runtime(self.runtime)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if self._on_request is not None:
-            self._on_request()  # serverless policy refresh: starts one if due, never waits
-        started = time.monotonic()
+        core = self._core
+        if core.on_request is not None:
+            core.on_request()  # serverless policy refresh: starts one if due, never waits
         method: str = environ.get("REQUEST_METHOD", "GET")
         path: str = environ.get("PATH_INFO", "") or "/"
-        client: str | None = environ.get("REMOTE_ADDR")
-        decision = self._core.decide(method, path, environ_fields(environ), client, started)
-        context = decision.context
-        answer = decision.answer
+        exchange = core.decide(method, path, environ_fields(environ), environ.get("REMOTE_ADDR"))
+        answer = exchange.answer
         if answer is not None:
-            headers = [*answer.headers, *decision.response_headers]
-            headers.append(("content-length", str(len(answer.body))))
-            start_response(_status_line(answer.status), headers)
-            if context is not None:
-                self._telemetry.finish(
-                    context, method, path, answer.status, time.monotonic() - started
-                )
+            try:
+                headers = [*answer.headers, *exchange.response_headers]
+                headers.append(("content-length", str(len(answer.body))))
+                start_response(_status_line(answer.status), headers)
+            finally:
+                exchange.finish()
             return [b"" if method == "HEAD" else answer.body]
 
-        assert context is not None
-        telemetry = self._telemetry
-        span: SpanScope | None = None
+        responder = _Responder(start_response, exchange)
         try:
-            tracer = telemetry.spans.tracer(started)
-            if tracer is not None:
-                span = telemetry.spans.start(tracer, context, method, environ_attributes(environ))
-        except BaseException:
-            if decision.gate is not None:
-                decision.gate.release()
-            raise
-        call = _Call(telemetry, context, method, path, client, started, span, start_response)
-        call.gate = decision.gate
-        call.extra = list(decision.response_headers)
-        token = _current.set(context)
-        try:
-            result = self.app(environ, call.start_response)
+            exchange.enter(environ_attributes, environ)
+            result = self.app(environ, responder.start_response)
         except BaseException as exc:
-            call.finish(exc if isinstance(exc, Exception) else None)
+            exchange.finish(exc if isinstance(exc, Exception) else None)
             raise
         finally:
-            _current.reset(token)
-            if span is not None:
-                telemetry.spans.detach(span)
-        return _Body(result, call)
+            exchange.leave()
+        return _Body(result, exchange)
 
 
-class _Call:
-    """One request's state: the status the app gave, and recording it exactly once."""
+class _Responder:
+    """The app's ``start_response``: tells the exchange the status, adds the request id."""
 
-    __slots__ = (
-        "_start_response",
-        "client",
-        "context",
-        "done",
-        "extra",
-        "gate",
-        "method",
-        "path",
-        "span",
-        "started",
-        "status",
-        "telemetry",
-    )
+    __slots__ = ("_exchange", "_start_response")
 
-    def __init__(
-        self,
-        telemetry: InboundTelemetry,
-        context: MeshContext,
-        method: str,
-        path: str,
-        client: str | None,
-        started: float,
-        span: SpanScope | None,
-        start_response: StartResponse,
-    ) -> None:
-        self.telemetry = telemetry
-        self.context = context
-        self.method = method
-        self.path = path
-        self.client = client
-        self.started = started
-        self.span = span
+    def __init__(self, start_response: StartResponse, exchange: InboundExchange) -> None:
         self._start_response = start_response
-        self.extra: list[tuple[str, str]] = []
-        #: The concurrency slot, released in :meth:`finish` (the one end-of-request path).
-        self.gate: ConcurrencyGate | None = None
-        self.status = 500
-        self.done = False
+        self._exchange = exchange
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo = None
     ) -> Callable[[bytes], object]:
+        exchange = self._exchange
         try:
-            self.status = int(status[:3])
+            exchange.status = int(status[:3])
         except ValueError:
-            self.status = 500
+            exchange.status = 500
         if not any(name.lower() == RESPONSE_HEADER for name, _ in headers):
-            headers = [*headers, *self.extra]
+            headers = [*headers, *exchange.response_headers]
         if exc_info is not None:
             return self._start_response(status, headers, exc_info)
         return self._start_response(status, headers)
 
-    def finish(self, error: BaseException | None = None) -> None:
-        if self.done:
-            return
-        self.done = True
-        if self.gate is not None:
-            self.gate.release()
-        self.telemetry.finish(
-            self.context,
-            self.method,
-            self.path,
-            500 if error is not None else self.status,
-            time.monotonic() - self.started,
-            self.span,
-            error,
-            self.client,
-        )
-
 
 class _Body:
-    """The app's response iterable, passed through lazily; ``close()`` is honoured."""
+    """The app's response iterable, passed through lazily; ``close()`` is honoured.
 
-    __slots__ = ("_call", "_iterator", "_result")
+    The request is finished when the iterable is exhausted, fails, or is closed by the server,
+    whichever comes first (the exchange records it once).
+    """
 
-    def __init__(self, result: Iterable[bytes], call: _Call) -> None:
+    __slots__ = ("_exchange", "_iterator", "_result")
+
+    def __init__(self, result: Iterable[bytes], exchange: InboundExchange) -> None:
         self._result = result
-        self._call = call
+        self._exchange = exchange
         self._iterator: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -190,14 +121,14 @@ class _Body:
     def __next__(self) -> bytes:
         if self._iterator is None:
             self._iterator = iter(self._result)
-        token = _current.set(self._call.context)
+        token = _current.set(self._exchange.context)
         try:
             return next(self._iterator)
         except StopIteration:
-            self._call.finish()
+            self._exchange.finish()
             raise
         except Exception as exc:
-            self._call.finish(exc)
+            self._exchange.finish(exc)
             raise
         finally:
             _current.reset(token)
@@ -208,4 +139,4 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            self._call.finish()
+            self._exchange.finish()

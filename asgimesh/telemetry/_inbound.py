@@ -1,15 +1,15 @@
 """What happens once per inbound request after the app answered: metrics, access log, span end.
 
-Both middleware shells call :meth:`InboundTelemetry.finish` exactly once per request (the
-app's answer, the mesh's own 504, or a crash counted as 500). The counter child for each
-``(method, status)`` is looked up once and cached, so the hot path skips
+Each request's exchange calls :meth:`InboundTelemetry.finish` exactly once (the app's answer,
+the mesh's own 504/403/429, or a crash counted as 500), whichever shell handled it. The
+counter child for each ``(method, status)`` is looked up once and cached, so the hot path skips
 ``prometheus_client``'s label lookup; unknown methods are counted as ``_OTHER`` so that a
 client cannot grow the label set without bound.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._context import MeshContext
 from .._log import bounded, describe_error, get_logger
@@ -35,6 +35,19 @@ def asgi_route(scope: Any) -> str | None:
     return path if isinstance(path, str) else None
 
 
+class Exchange(Protocol):
+    """What telemetry reads of a finished request (the inbound exchange)."""
+
+    @property
+    def context(self) -> MeshContext | None: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def client(self) -> str | None: ...
+
+
 class InboundTelemetry:
     """Per-middleware telemetry state: precomputed metric children, the span helper."""
 
@@ -58,21 +71,22 @@ class InboundTelemetry:
 
     def finish(
         self,
-        context: MeshContext,
-        method: str,
-        path: str,
+        exchange: Exchange,
         status: int,
         duration: float,
         span: SpanScope | None = None,
         error: BaseException | None = None,
-        client: str | None = None,
         route: str | None = None,
     ) -> None:
-        """Record one finished request (``duration`` in seconds).
+        """Record one finished request of mesh traffic (``duration`` in seconds); called by
+        :meth:`InboundExchange.finish <asgimesh.inbound._exchange.InboundExchange.finish>`.
 
         ``route`` is the app's route template where the framework tells (Starlette's
         ``scope["route"]``): logged instead of the path, which may hold ids or secrets.
         """
+        context = exchange.context
+        assert context is not None
+        method = exchange.method
         child = self._children.get((method, status)) or self._child(method, status)
         child.inc()
         self._observe(duration)
@@ -88,7 +102,7 @@ class InboundTelemetry:
                 error_type=kind,
                 message=message,
                 method=method if method in _METHODS else "_OTHER",
-                **({"route": route} if route is not None else {"path": bounded(path)}),
+                **({"route": route} if route is not None else {"path": bounded(exchange.path)}),
                 status=status,
                 request_id=context.request_id,
                 trace_id=context.trace_id,
@@ -100,9 +114,9 @@ class InboundTelemetry:
                 span_id=context.span_id,
                 request_id=context.request_id,
                 method=method if method in _METHODS else "_OTHER",
-                path=bounded(path, 1000),
+                path=bounded(exchange.path, 1000),
                 status=status,
                 duration_ms=round(duration * 1000, 3),
                 caller=context.caller,
-                client=client,
+                client=exchange.client,
             )

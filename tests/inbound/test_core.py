@@ -9,7 +9,7 @@ import pytest
 
 from asgimesh import MeshRuntime, MeshSettings
 from asgimesh.inbound._admin import Admin
-from asgimesh.inbound._core import InboundCore, asgi_fields, environ_fields
+from asgimesh.inbound._decide import InboundCore, asgi_fields, environ_fields
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"

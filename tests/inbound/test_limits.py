@@ -9,13 +9,10 @@ from typing import Any
 
 import pytest
 
-from asgimesh.inbound._core import InboundCore
-from asgimesh.inbound._limits import (
-    Authorizer,
-    ConcurrencyGate,
-    InboundLimits,
-    TokenBucket,
-)
+from asgimesh.inbound._admission import InboundAdmission
+from asgimesh.inbound._authorization import Authorizer
+from asgimesh.inbound._decide import InboundCore
+from asgimesh.inbound._limits import ConcurrencyGate, TokenBucket
 from asgimesh.policy import PolicySnapshot, validate_document
 from asgimesh.policy._model import AuthorizationRule
 
@@ -154,7 +151,7 @@ def test_dots_inside_names_are_fine() -> None:
 
 @dataclass
 class FakeStore:
-    """What :class:`InboundLimits` reads of a ``PolicyStore``: ``current``."""
+    """What :class:`InboundAdmission` reads of a ``PolicyStore``: ``current``."""
 
     current: PolicySnapshot
     version: int = 1
@@ -186,8 +183,8 @@ def make_core(
     def on_denied() -> None:
         counted.denied += 1
 
-    limits = InboundLimits(service, store, on_rate_limited=on_rate_limited, on_denied=on_denied)
-    return InboundCore(limits=limits), store, counted
+    limits = InboundAdmission(service, store, on_rate_limited=on_rate_limited, on_denied=on_denied)
+    return InboundCore(admission=limits), store, counted
 
 
 def body(decision: Any) -> dict[str, str]:
@@ -278,7 +275,7 @@ def test_admin_paths_are_exempt() -> None:
 
     runtime = MeshRuntime(MeshSettings.from_env(service="web"))
     store = FakeStore(snapshot({"web": {"concurrency_limit": 1, "authorization": []}}))
-    core = InboundCore(Admin(runtime), limits=InboundLimits("web", store))
+    core = InboundCore(Admin(runtime), admission=InboundAdmission("web", store))
     assert core.decide("GET", "/", {}, None, NOW).answer.status == 403  # type: ignore[union-attr]
     for _ in range(3):
         answer = core.decide("GET", "/_mesh/health", {}, None, NOW).answer
@@ -297,7 +294,7 @@ def test_other_services_policies_do_not_apply() -> None:
 def test_limits_are_compiled_once_per_snapshot_and_kept_when_unchanged() -> None:
     inbound = {"web": {"rate_limit": {"requests_per_second": 1, "burst": 1}}}
     core, store, _ = make_core(inbound)
-    limits = core._limits
+    limits = core._admission
     assert limits is not None
     compiled = limits.current()
     assert compiled is not None
@@ -319,11 +316,11 @@ def test_policy_removed_and_readded() -> None:
     assert held.gate is not None
     assert core.decide("GET", "/", {}, None, NOW).answer is not None
     store.set({})
-    assert core._limits is not None
-    assert core._limits.current() is None
+    assert core._admission is not None
+    assert core._admission.current() is None
     assert core.decide("GET", "/", {}, None, NOW).gate is None
     store.set({"web": {"trusted_proxies": ["10.0.0.0/8"]}})  # inbound policy, but no limits
-    assert core._limits.current() is None
+    assert core._admission.current() is None
 
 
 def test_changed_concurrency_limit_keeps_counting_requests_in_flight() -> None:

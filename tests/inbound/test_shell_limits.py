@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from asgimesh import MeshMiddleware, MeshWSGIMiddleware
-from asgimesh.inbound._limits import limits_for
 
 from .test_wsgi import Body, Started, environ
 
@@ -39,7 +38,7 @@ def inbound(runtime: Any, status: str, method: str = "GET") -> float:
 
 def hold_slot(runtime: Any) -> Any:
     """Take a concurrency slot as a request in flight would; returns the gate."""
-    limits = limits_for(runtime).current()
+    limits = runtime.inbound_admission.current()
     assert limits is not None
     assert limits.gate is not None
     assert limits.gate.acquire()
@@ -95,7 +94,7 @@ def test_slot_is_released_after_an_app_exception(make_shell) -> None:
         else:
             assert response.status_code == 500
     assert shell.get("/whoami").status_code == 200
-    assert limits_for(shell.runtime).current().gate.in_flight == 0  # type: ignore[union-attr]
+    assert shell.runtime.inbound_admission.current().gate.in_flight == 0  # type: ignore[union-attr]
     assert sample(shell.runtime, "mesh_rate_limited_total") == 0
 
 
@@ -235,7 +234,7 @@ async def test_asgi_slot_is_released_when_the_request_is_cancelled(make_runtime)
         await middleware(scope, receive, send)
     assert app.entered.is_set()
     assert not app.release.is_set()
-    assert limits_for(runtime).current().gate.in_flight == 0  # type: ignore[union-attr]
+    assert runtime.inbound_admission.current().gate.in_flight == 0  # type: ignore[union-attr]
 
 
 # ---- WSGI: the slot is held until the body is exhausted or closed ------------------------------
@@ -268,7 +267,7 @@ def test_wsgi_slot_is_released_when_the_body_is_exhausted(make_runtime) -> None:
         started = Started()
         assert list(middleware(environ(), started)) == [b"a", b"b"]  # never closed
         assert started.calls[0][0] == "200 OK"
-    assert limits_for(runtime).current().gate.in_flight == 0  # type: ignore[union-attr]
+    assert runtime.inbound_admission.current().gate.in_flight == 0  # type: ignore[union-attr]
 
 
 def test_wsgi_slot_is_released_when_the_app_raises(make_runtime) -> None:
@@ -281,7 +280,7 @@ def test_wsgi_slot_is_released_when_the_app_raises(make_runtime) -> None:
     for _ in range(2):
         with pytest.raises(RuntimeError):
             middleware(environ(), Started())
-    assert limits_for(runtime).current().gate.in_flight == 0  # type: ignore[union-attr]
+    assert runtime.inbound_admission.current().gate.in_flight == 0  # type: ignore[union-attr]
     assert inbound(runtime, "500") == 2
     assert inbound(runtime, "429") == 0
 
@@ -327,7 +326,7 @@ def test_a_runtime_is_not_kept_alive_by_its_limits() -> None:
     from asgimesh import MeshRuntime, MeshSettings
 
     runtime = MeshRuntime(MeshSettings.from_env(service="web", policy=policy(concurrency_limit=1)))
-    assert limits_for(runtime) is limits_for(runtime)
+    assert runtime.inbound_admission is runtime.inbound_admission
     MeshMiddleware(Blocking(), runtime=runtime)
     ref = weakref.ref(runtime)
     del runtime

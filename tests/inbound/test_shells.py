@@ -133,7 +133,7 @@ def test_made_up_methods_do_not_grow_the_metric_cache(make_shell) -> None:
     for n in range(20):
         shell.request(f"X{n}", "/status/405")
     assert counted(shell, "_OTHER", "405") == 20
-    assert len(shell.app._telemetry._children) == 0
+    assert len(shell.app._core.telemetry._children) == 0
 
 
 def test_app_exception_is_counted_and_reraised(make_shell) -> None:

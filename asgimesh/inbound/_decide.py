@@ -1,29 +1,29 @@
 """The inbound decision, sans-I/O: shared by the ASGI and the WSGI middleware.
 
 For each request the shells hand over the method, the path, the mesh's headers (already picked
-out of the server's header list by :func:`asgi_fields` or :func:`environ_fields`), the client
-address and the time; :meth:`InboundCore.decide` answers with one of three things:
+out of the server's header list by :func:`asgi_fields` or :func:`environ_fields`) and the client
+address; :meth:`InboundCore.decide` answers with an
+:class:`~asgimesh.inbound._exchange.InboundExchange` that carries one of three things:
 
 * an admin answer (``/_mesh/health``, ``/_mesh/metrics``, ``/_mesh/config``: contract, section 6);
   the admin paths are never subject to the service's limits, so operators reach them while it is
   overloaded;
 * a 504 for a request whose caller's deadline has already passed, a 403 for one that the
   service's authorization does not allow, a 429 for one over its rate or concurrency limit (the
-  app is not called; :mod:`asgimesh.inbound._limits` makes those decisions);
+  app is not called; :mod:`asgimesh.inbound._admission` makes those decisions);
 * go ahead, with the request's :class:`~asgimesh.MeshContext` (request id kept or made, trace
   continued or started, deadline made absolute on the ``time.monotonic`` clock) and, under a
-  concurrency limit, the slot that the shell releases when the response is done.
+  concurrency limit, the slot that the exchange releases when the response is done.
 
-No sockets, no clock and no global randomness here: time comes in as ``now`` and ids from an
-injected ``randbits``, so each decision is a plain function call in the tests.
+No sockets and no global randomness here: time comes from an injected clock (or as ``now``)
+and ids from an injected ``randbits``, so each decision is a plain function call in the tests.
 """
 
 from __future__ import annotations
 
-import json
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._context import MeshContext
@@ -35,27 +35,20 @@ from .._wire import (
     parse_traceparent,
     parse_tracestate,
 )
+from ._admin import Admin
+from ._answers import Answer, json_answer
+from ._exchange import InboundExchange
 
 if TYPE_CHECKING:
-    from ._admin import Admin
-    from ._limits import ConcurrencyGate, InboundLimits
+    from .._runtime import MeshRuntime
+    from ..telemetry._inbound import InboundTelemetry
+    from ._admission import InboundAdmission
+    from ._limits import ConcurrencyGate
 
-__all__ = [
-    "ADMIN_PATHS",
-    "RESPONSE_HEADER",
-    "Answer",
-    "Decision",
-    "InboundCore",
-    "asgi_fields",
-    "environ_fields",
-    "json_answer",
-]
+__all__ = ["ADMIN_PATHS", "InboundCore", "asgi_fields", "environ_fields"]
 
 #: The paths the middleware answers itself instead of the app.
 ADMIN_PATHS = frozenset({"/_mesh/health", "/_mesh/metrics", "/_mesh/config"})
-
-#: The one header the mesh adds to every response of mesh traffic: the request id, echoed.
-RESPONSE_HEADER = "x-request-id"
 
 #: The request headers the mesh reads (raw ASGI name -> field name).
 _WANTED: dict[bytes, str] = {
@@ -97,61 +90,44 @@ def environ_fields(environ: Mapping[str, Any]) -> dict[str, str]:
     return {key: environ[name] for name, key in _ENVIRON if name in environ}
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A whole response the mesh gives itself, without calling the app."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-
-def json_answer(
-    status: int, error: str, detail: str, headers: tuple[tuple[str, str], ...] = ()
-) -> Answer:
-    """The contract's error shape, ``{"error": ..., "detail": ...}``."""
-    body = json.dumps({"error": error, "detail": detail}).encode()
-    return Answer(status, (("content-type", "application/json"), *headers), body)
-
-
-@dataclass(slots=True)
-class Decision:
-    """What to do with one request.
-
-    ``answer`` set: send it instead of calling the app. ``context`` set: the request is mesh
-    traffic (counted, logged, traced); it is ``None`` only for the admin paths, which are
-    operators' calls and stay out of the request metrics.
-    """
-
-    context: MeshContext | None
-    answer: Answer | None = None
-    #: The concurrency slot this request holds: the shell releases it exactly once, when the
-    #: response is done (or failed); ``None`` without a concurrency limit.
-    gate: ConcurrencyGate | None = None
-
-    @property
-    def response_headers(self) -> tuple[tuple[str, str], ...]:
-        """Headers the mesh adds to the response, the app's or its own: the request id."""
-        if self.context is None:
-            return ()
-        return ((RESPONSE_HEADER, self.context.request_id),)
-
-
 class InboundCore:
     """Decides each inbound request; one per middleware, shared by all its requests."""
+
+    __slots__ = ("_admin", "_admission", "_clock", "_randbits", "on_request", "telemetry")
 
     def __init__(
         self,
         admin: Admin | None = None,
         *,
         randbits: Callable[[int], int] = random.getrandbits,
-        limits: InboundLimits | None = None,
+        admission: InboundAdmission | None = None,
+        telemetry: InboundTelemetry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_request: Callable[[], None] | None = None,
     ) -> None:
         # ``random.getrandbits`` (reseeded after fork) rather than ``os.urandom``: ids must be
         # unique, not secret, and this runs for every request.
         self._admin = admin
         self._randbits = randbits
-        self._limits = limits
+        self._admission = admission
+        self._clock = clock
+        self.telemetry = telemetry
+        #: Called by the shells once per request (the serverless policy refresh: starts one if
+        #: due, never waits); ``None`` where the config source has no such hook.
+        self.on_request = on_request
+
+    @classmethod
+    def for_runtime(cls, runtime: MeshRuntime) -> InboundCore:
+        """The core of a middleware on ``runtime``: its admin paths, the runtime's one
+        admission (shared by every middleware on it) and telemetry of its own."""
+        from ..telemetry._inbound import InboundTelemetry
+
+        return cls(
+            Admin(runtime),
+            admission=runtime.inbound_admission,
+            telemetry=InboundTelemetry(runtime),
+            on_request=runtime.on_request,
+        )
 
     def decide(
         self,
@@ -159,21 +135,29 @@ class InboundCore:
         path: str,
         fields: Mapping[str, str],
         client: str | None,
-        now: float,
-    ) -> Decision:
-        """Decide one request that arrived at ``now`` (``time.monotonic`` seconds)."""
+        now: float | None = None,
+    ) -> InboundExchange:
+        """Decide one request that arrived at ``now`` (``time.monotonic`` seconds; the
+        injected clock's time when not given)."""
+        if now is None:
+            now = self._clock()
+        telemetry, clock = self.telemetry, self._clock
         if path in ADMIN_PATHS and self._admin is not None:
-            return Decision(None, self._admin.answer(method, path, fields, client))
+            admin = self._admin.answer(method, path, fields, client)
+            return InboundExchange(method, path, client, now, None, admin)
         context = self.context(fields, now)
+        answer: Answer | None = None
+        gate: ConcurrencyGate | None = None
         if context.deadline is not None and context.deadline <= now:
-            return Decision(context, _expired(fields))
-        source = self._limits
-        if source is not None:
-            limits = source.current()  # None unless this service has an inbound policy
-            if limits is not None:
-                answer, gate = limits.admit(method, path, context.caller, now)
-                return Decision(context, answer, gate)
-        return Decision(context)
+            answer = _expired(fields)
+        else:
+            source = self._admission
+            admission = source.current() if source is not None else None
+            if admission is not None:  # None unless this service has an inbound policy
+                answer, gate = admission.admit(method, path, context.caller, now)
+        return InboundExchange(
+            method, path, client, now, context, answer, gate, telemetry=telemetry, clock=clock
+        )
 
     def websocket(self, path: str) -> Answer | None:
         """The 403 for a WebSocket handshake that authorization refuses, else ``None``.
@@ -182,16 +166,16 @@ class InboundCore:
         side-stepped by upgrading. The rate and concurrency limits count requests, not
         long-lived connections, and do not apply.
         """
-        source = self._limits
+        source = self._admission
         if source is None:
             return None
-        limits = source.current()
-        if limits is None or limits.authorizer is None:
+        admission = source.current()
+        if admission is None or admission.authorizer is None:
             return None
-        denied = limits.authorizer.check("GET", path, None)  # no verified identity yet
+        denied = admission.authorizer.check("GET", path, None)  # no verified identity yet
         if denied is None:
             return None
-        limits.on_denied()
+        admission.on_denied()
         return json_answer(403, "forbidden", denied)
 
     def context(self, fields: Mapping[str, str], now: float) -> MeshContext:
