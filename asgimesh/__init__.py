@@ -41,3 +41,12 @@ __all__ = [
     "get_runtime",
     "set_runtime",
 ]
+
+# Public names say where users import them from (as httpx does): ``asgimesh.MeshMiddleware`` in
+# reprs, tracebacks and docs, not the private module that happens to define it.
+for _name in __all__:
+    if not _name.startswith("__"):
+        _member = globals()[_name]
+        if isinstance(_member, type) or callable(_member):
+            _member.__module__ = "asgimesh"
+del _name, _member
