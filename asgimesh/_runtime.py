@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ._errors import ConfigError, PolicyError
 from ._log import get_logger
+from .identity import X509SVID, IdentitySource, IdentityStore, identity_source_for
 from .policy import PolicySnapshot, PolicyStore
 from .policy._file_source import FilePolicySource
 from .settings import MeshSettings
@@ -62,15 +63,29 @@ class MeshRuntime:
         self.policy.subscribe(self._applied)
         self.policy.on_failure(self._refused)
         self.metrics.policy_version.set(self.policy.current.version)
+        #: This process's identity (X.509-SVID), and where it comes from: ``None`` with
+        #: ``MESH_MTLS=off`` and no identity configured.
+        self.identity = IdentityStore()
+        self.identity.subscribe(self._identity_changed)
+        self.identity_source: IdentitySource | None = identity_source_for(
+            self.settings, self.identity
+        )
         self.source: PolicySource | None = self._make_source()
         #: Call once per request (inbound middleware, outbound transports): lets a config source
         #: without background work (serverless mode) refresh. Never blocks; a no-op otherwise.
         #: ``None`` where the source has no such hook, so the shells skip the call entirely.
-        self.on_request: Callable[[], None] | None = getattr(self.source, "on_request", None)
+        self.on_request: Callable[[], None] | None = _combined(
+            getattr(self.source, "on_request", None),
+            getattr(self.identity_source, "on_request", None),
+        )
         if self.source is not None:
             self.source.load()
             if start:
                 self.source.start()
+        if self.identity_source is not None:
+            self.identity_source.load()
+            if start:
+                self.identity_source.start()
 
     @property
     def snapshot(self) -> PolicySnapshot:
@@ -109,6 +124,9 @@ class MeshRuntime:
             return make_policy_source(self)
         return FilePolicySource(target, self.policy)
 
+    def _identity_changed(self, svid: X509SVID) -> None:
+        self.metrics.certificate_expiry.set(svid.expires_at.timestamp())
+
     def _applied(self, snapshot: PolicySnapshot) -> None:
         self.metrics.policy_version.set(snapshot.version)
         self.metrics.policy_reloads.labels(self.settings.service, "success").inc()
@@ -118,9 +136,26 @@ class MeshRuntime:
         log.warning("policy_refused", source=error.source, problems=error.problems)
 
     def close(self) -> None:
-        """Stop background work (the config source's watcher)."""
+        """Stop background work (the config source's watcher, identity renewal) and remove the
+        identity's private files."""
         if self.source is not None:
             self.source.close()
+        if self.identity_source is not None:
+            self.identity_source.close()
+        self.identity.close()
+
+
+def _combined(*hooks: Callable[[], None] | None) -> Callable[[], None] | None:
+    """One per-request hook calling each of ``hooks`` that exists (``None`` if none does)."""
+    present = [hook for hook in hooks if hook is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def on_request() -> None:
+        for hook in present:
+            hook()
+
+    return on_request
 
 
 _runtime: MeshRuntime | None = None

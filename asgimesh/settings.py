@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._durations import parse_duration
@@ -63,7 +70,11 @@ class MeshSettings(BaseSettings):
     """This process's mesh settings. Build with :meth:`from_env` to get operator-grade errors."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MESH_", case_sensitive=False, extra="ignore", frozen=True
+        env_prefix="MESH_",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
     )
 
     service: str = "app"
@@ -80,6 +91,11 @@ class MeshSettings(BaseSettings):
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
+    #: SPIFFE's filesystem delivery (the layout Kubernetes pod certificates write): a variable
+    #: of the SPIFFE ecosystem, not of the mesh, so it has no ``MESH_`` prefix.
+    credential_folder: Path | None = Field(
+        default=None, validation_alias=AliasChoices("SPIFFE_CREDENTIAL_FOLDER", "credential_folder")
+    )
     access_log: bool = False
     log_format: Literal["json", "console"] = "json"
 
@@ -135,11 +151,17 @@ class MeshSettings(BaseSettings):
             raise ConfigError(_describe(exc)) from None
 
 
+_VARIABLES = {
+    "credential_folder": "SPIFFE_CREDENTIAL_FOLDER",
+    "spiffe_credential_folder": "SPIFFE_CREDENTIAL_FOLDER",
+}
+
+
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         field = str(error["loc"][0]) if error["loc"] else "?"
-        variable = f"MESH_{field.upper()}"
+        variable = _VARIABLES.get(field.lower(), f"MESH_{field.upper()}")
         value = error.get("input")
         if field in ("token", "admin_token"):
             shown = "<redacted>"

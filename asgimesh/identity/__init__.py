@@ -1,5 +1,32 @@
-"""Identity: the mesh CA, its trust bundle, and the certificates it issues."""
+"""Identity: SPIFFE IDs, X.509-SVIDs and where they come from, and the mesh CA.
+
+The data plane's side: :class:`IdentityStore` holds this process's current identity (and the
+private files TLS loads it from); :func:`identity_source_for` picks where it comes from (files,
+a SPIFFE credential folder, or the control plane). The control plane's side: :class:`MeshCA`,
+which signs what services ask for.
+"""
 
 from ._ca import CertificateRequestError, MeshCA, load_bundle, verify_issued_by
+from ._sources import IdentitySource, identity_source_for
+from ._spiffe import control_plane_id, id_matches, is_spiffe_id, service_id
+from ._store import IdentityFiles, IdentityStore
+from ._svid import X509SVID, IdentityError, parse_svid, verify_chain
 
-__all__ = ["CertificateRequestError", "MeshCA", "load_bundle", "verify_issued_by"]
+__all__ = [
+    "X509SVID",
+    "CertificateRequestError",
+    "IdentityError",
+    "IdentityFiles",
+    "IdentitySource",
+    "IdentityStore",
+    "MeshCA",
+    "control_plane_id",
+    "id_matches",
+    "identity_source_for",
+    "is_spiffe_id",
+    "load_bundle",
+    "parse_svid",
+    "service_id",
+    "verify_chain",
+    "verify_issued_by",
+]

@@ -104,6 +104,19 @@ class MeshMetrics:
             ["service"],
             registry=r,
         ).labels(service)
+        self.certificate_expiry = Gauge(
+            "mesh_identity_certificate_expiry_timestamp_seconds",
+            "When this service's certificate expires (Unix time; 0 while it has none).",
+            ["service"],
+            registry=r,
+        ).labels(service)
+        self.authn_failures = Counter(
+            "mesh_authn_failures",
+            "Caller identities refused (bad token, untrusted certificate, forged header), "
+            "by reason.",
+            ["service", "reason"],
+            registry=r,
+        )
         # Pre-create the series every dashboard expects, so they read 0 rather than missing.
         self.policy_reloads.labels(service, "success")
         self.policy_reloads.labels(service, "failure")
