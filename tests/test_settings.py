@@ -104,4 +104,6 @@ def test_strict_mtls_is_refused_at_start_up_until_identity_verification_exists(
     with pytest.raises(ConfigError, match=r"MESH_MTLS='strict': .*use 'off' or 'permissive'"):
         MeshRuntime()
     monkeypatch.setenv("MESH_MTLS", "permissive")
-    assert MeshRuntime(start=False).settings.mtls == "permissive"
+    # Permissive serves callers with and without identities, but needs one of its own.
+    with pytest.raises(ConfigError, match=r"MESH_MTLS='permissive' needs an identity"):
+        MeshRuntime(start=False)
