@@ -2,9 +2,19 @@
 
 The CA key is ECDSA P-256, the one key type every TLS stack accepts for mTLS. The control plane's
 policy-signing key is a separate Ed25519 key whose certificate the CA issues (the *signer*
-certificate, SPIFFE ID ``spiffe://<trust domain>/controlplane``): a service that trusts the CA
-can check a policy signature without knowing the signing key in advance, and the CA key never
-signs anything but certificates.
+certificate): a service that trusts the CA can check a policy signature without knowing the
+signing key in advance, and the CA key never signs anything but certificates.
+
+What the CA signs is strict, because any certificate it issues is trusted by every service:
+
+* workload certificates carry exactly one URI SAN, the ID the *token* names (the CSR's names are
+  ignored), ``cA=false``, key usage ``digitalSignature`` only (never ``keyCertSign``), client and
+  server auth, at most :data:`WORKLOAD_LIFETIME`; the CSR's signature must verify and its key be
+  ECDSA P-256/P-384 or RSA of 2048 bits or more (no Ed25519: the key type of the policy signer);
+* the control plane's ID (``spiffe://<td>/ns/mesh-system/sa/control-plane``) is never issued to
+  a service token;
+* the signer certificate names the control plane's ID and carries ``contentCommitment``, a key
+  usage no workload certificate has, so services can tell a policy signer from a workload.
 
 Private keys leave this module only as PEM for storage (files with mode 0600, or the replicated
 store); nothing here logs or prints them.
@@ -21,20 +31,29 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ._spiffe import control_plane_id, is_spiffe_id
+
 __all__ = [
+    "SIGNER_USAGE",
+    "WORKLOAD_LIFETIME",
+    "WORKLOAD_USAGE",
     "CertificateRequestError",
     "MeshCA",
+    "is_policy_signer",
     "load_bundle",
     "verify_issued_by",
 ]
 
 CA_LIFETIME = datetime.timedelta(days=3650)
 SIGNER_LIFETIME = datetime.timedelta(days=825)
-#: Workload certificates are short-lived: a leaked one is useless within the day.
+#: Workload certificates are short-lived: a leaked one is useless within the day. Also the cap:
+#: a caller may ask for shorter (tests do), never longer.
 WORKLOAD_LIFETIME = datetime.timedelta(hours=24)
+#: The shortest certificate the CA issues (a renewal at half its life must still be possible).
+MIN_LIFETIME = datetime.timedelta(seconds=2)
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 _FILES = {
@@ -44,6 +63,39 @@ _FILES = {
     "signer_cert": "policy-signer.pem",
 }
 _SECRET_FILES = ("ca_key", "signing_key")
+_CURVES = (ec.SECP256R1, ec.SECP384R1)
+
+
+def _usage(*, digital_signature: bool = True, content_commitment: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=content_commitment,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+#: Key usage of workload (and control-plane TLS) certificates.
+WORKLOAD_USAGE = _usage()
+#: Key usage of the policy signer only: ``contentCommitment`` marks it.
+SIGNER_USAGE = _usage(content_commitment=True)
+
+
+def is_policy_signer(certificate: x509.Certificate, trust_domain: str) -> bool:
+    """Whether ``certificate`` is the control plane's policy signer (its ID and key usage), as
+    opposed to any other certificate of the mesh CA, which must never sign policy."""
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    ids = sans.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return ids == [control_plane_id(trust_domain)] and usage.content_commitment
 
 
 class CertificateRequestError(ValueError):
@@ -146,16 +198,27 @@ class MeshCA:
             .sign(ca_key, hashes.SHA256())
         )
         signing_key = ed25519.Ed25519PrivateKey.generate()
-        signer_cert = cls._issue(
+        signer_cert = cls._signer(ca_key, ca_cert, signing_key, trust_domain)
+        return cls(trust_domain, ca_key, ca_cert, signing_key, signer_cert)
+
+    @classmethod
+    def _signer(
+        cls,
+        ca_key: ec.EllipticCurvePrivateKey,
+        ca_cert: x509.Certificate,
+        signing_key: ed25519.Ed25519PrivateKey,
+        trust_domain: str,
+    ) -> x509.Certificate:
+        return cls._issue(
             ca_key,
             ca_cert,
             signing_key.public_key(),
-            f"spiffe://{trust_domain}/controlplane",
+            control_plane_id(trust_domain),
             "asgimesh control plane policy signer",
             SIGNER_LIFETIME,
             server_or_client=False,
+            usage=SIGNER_USAGE,
         )
-        return cls(trust_domain, ca_key, ca_cert, signing_key, signer_cert)
 
     @staticmethod
     def _issue(
@@ -167,6 +230,7 @@ class MeshCA:
         lifetime: datetime.timedelta,
         *,
         server_or_client: bool,
+        usage: x509.KeyUsage = WORKLOAD_USAGE,
     ) -> x509.Certificate:
         now = _now()
         builder = (
@@ -178,6 +242,7 @@ class MeshCA:
             .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage, critical=True)
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
                 critical=True,
@@ -197,13 +262,33 @@ class MeshCA:
         return builder.sign(ca_key, hashes.SHA256())
 
     def sign_csr(
-        self, csr_pem: bytes, spiffe_id: str, lifetime: datetime.timedelta = WORKLOAD_LIFETIME
+        self,
+        csr_pem: bytes,
+        spiffe_id: str,
+        lifetime: datetime.timedelta = WORKLOAD_LIFETIME,
+        *,
+        control_plane: bool = False,
     ) -> bytes:
         """Issue a short-lived workload certificate for ``spiffe_id``; return the PEM chain.
 
         The CSR only proves possession of its key: the identity comes from the caller's token,
-        so whatever names the CSR asks for are ignored.
+        so whatever names the CSR asks for are ignored. ``lifetime`` is capped at
+        :data:`WORKLOAD_LIFETIME`. The control plane's own ID is refused unless
+        ``control_plane`` says the control plane itself asks (its TLS certificate).
         """
+        if not is_spiffe_id(spiffe_id) or not spiffe_id.startswith(
+            f"spiffe://{self.trust_domain}/"
+        ):
+            raise CertificateRequestError(
+                f"{spiffe_id!r} is not a SPIFFE ID of the trust domain {self.trust_domain!r}"
+            )
+        if spiffe_id == control_plane_id(self.trust_domain) and not control_plane:
+            raise CertificateRequestError(
+                f"{spiffe_id} is the control plane's own ID: never issued to a service"
+            )
+        lifetime = max(MIN_LIFETIME, min(lifetime, WORKLOAD_LIFETIME))
+        if len(csr_pem) > 64 * 1024:
+            raise CertificateRequestError("the CSR is larger than 64 KiB")
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError:
@@ -211,8 +296,21 @@ class MeshCA:
         if not csr.is_signature_valid:
             raise CertificateRequestError("the CSR's signature does not verify")
         public_key = csr.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
-            raise CertificateRequestError("expected an ECDSA or Ed25519 key in the CSR")
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            if not isinstance(public_key.curve, _CURVES):
+                raise CertificateRequestError(
+                    f"expected an ECDSA key on P-256 or P-384, got {public_key.curve.name}"
+                )
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            if public_key.key_size < 2048:
+                raise CertificateRequestError(
+                    f"expected an RSA key of 2048 bits or more, got {public_key.key_size}"
+                )
+        else:
+            raise CertificateRequestError(
+                f"expected an ECDSA (P-256, P-384) or RSA key in the CSR, got "
+                f"{type(public_key).__name__.removeprefix('_')}"
+            )
         certificate = self._issue(
             self.ca_key,
             self.ca_cert,
@@ -259,6 +357,10 @@ class MeshCA:
             raise ValueError("expected an ECDSA CA key")
         if not isinstance(signing_key, ed25519.Ed25519PrivateKey):
             raise ValueError("expected an Ed25519 policy-signing key")
+        if not is_policy_signer(signer_cert, trust_domain):
+            # Made by an earlier version (another ID, no contentCommitment): re-issued for the
+            # same key, so services that check what a signer is accept it.
+            signer_cert = cls._signer(ca_key, ca_cert, signing_key, trust_domain)
         return cls(trust_domain, ca_key, ca_cert, signing_key, signer_cert)
 
     def save(self, directory: Path) -> None:
