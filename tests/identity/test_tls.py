@@ -63,9 +63,11 @@ def test_sync_call_with_the_right_id_is_mutual(payments, orders) -> None:
 
 def test_sync_call_to_the_wrong_id_is_refused_before_sending(payments, orders) -> None:
     server, _ = payments
-    with httpx.Client(verify=MeshClientContext(ORDERS, orders)) as client:
-        with pytest.raises(httpx.ConnectError) as caught:
-            client.get(server.url + "/charge")
+    with (
+        httpx.Client(verify=MeshClientContext(ORDERS, orders)) as client,
+        pytest.raises(httpx.ConnectError) as caught,
+    ):
+        client.get(server.url + "/charge")
     message = str(caught.value)
     assert f"expected {ORDERS}" in message and f"presented {PAYMENTS}" in message
     time.sleep(0.2)
@@ -83,7 +85,9 @@ async def test_async_call_to_the_wrong_id_is_refused_before_sending(payments, or
         assert identity_mismatch(caught.value) == (
             f"mesh identity mismatch: expected {ORDERS}, the server presented {PAYMENTS}"
         )
-        time.sleep(0.2)
+        import anyio
+
+        await anyio.sleep(0.2)
         assert all(data == b"" for data in server.received)
         good = MeshClientContext(PAYMENTS, orders)
     async with httpx.AsyncClient(verify=good) as client:
@@ -95,9 +99,11 @@ async def test_async_call_to_the_wrong_id_is_refused_before_sending(payments, or
 def test_a_server_of_a_foreign_ca_is_refused(orders) -> None:
     foreign = store_for(ThrowawayCA("mesh.local"), PAYMENTS)
     with tls_server(server_context(foreign)) as server:
-        with httpx.Client(verify=MeshClientContext(PAYMENTS, orders)) as client:
-            with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
-                client.get(server.url + "/")
+        with (
+            httpx.Client(verify=MeshClientContext(PAYMENTS, orders)) as client,
+            pytest.raises(httpx.ConnectError, match="certificate verify failed"),
+        ):
+            client.get(server.url + "/")
         assert all(data == b"" for data in server.received)
     foreign.close()
 
