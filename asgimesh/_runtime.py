@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ._errors import ConfigError, PolicyError
+from ._errors import PolicyError
 from ._log import get_logger
 from .identity import X509SVID, IdentitySource, IdentityStore, identity_source_for
 from .policy import PolicySnapshot, PolicyStore
@@ -21,7 +21,10 @@ from .settings import MeshSettings
 from .telemetry import MeshMetrics
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from .inbound._admission import InboundAdmission
+    from .inbound._authentication import Authenticator, TokenVerifier
 
 __all__ = ["MeshRuntime", "get_runtime", "set_runtime"]
 
@@ -48,17 +51,10 @@ class MeshRuntime:
 
     def __init__(self, settings: MeshSettings | None = None, *, start: bool = True) -> None:
         self.settings = settings if settings is not None else MeshSettings.from_env()
-        if self.settings.mtls == "strict":
-            # Fail closed and say so, rather than start a service that looks protected but is not
-            # (or one that answers every caller 401).
-            raise ConfigError(
-                "MESH_MTLS='strict': refusing callers without a verified identity needs caller "
-                "identity verification, which this version of asgimesh does not have yet; "
-                "use 'off' or 'permissive'"
-            )
         self.metrics = MeshMetrics(self.settings.service)
         self._lock = threading.Lock()
         self._inbound_admission: InboundAdmission | None = None
+        self._inbound_authenticator: Authenticator | None = None
         self.policy = PolicyStore.from_settings(self.settings)
         self.policy.subscribe(self._applied)
         self.policy.on_failure(self._refused)
@@ -66,6 +62,8 @@ class MeshRuntime:
         #: This process's identity (X.509-SVID), and where it comes from: ``None`` with
         #: ``MESH_MTLS=off`` and no identity configured.
         self.identity = IdentityStore()
+        #: Checks ``mesh-identity`` tokens (JWT-SVIDs) where a verifier is installed.
+        self.token_verifier: TokenVerifier | None = None
         self.identity.subscribe(self._identity_changed)
         self.identity_source: IdentitySource | None = identity_source_for(
             self.settings, self.identity
@@ -123,6 +121,35 @@ class MeshRuntime:
 
             return make_policy_source(self)
         return FilePolicySource(target, self.policy)
+
+    @property
+    def inbound_authenticator(self) -> Authenticator:
+        """Verifies callers against this service's trust bundle: one per runtime, so every
+        middleware shares what it has verified. Made at first use."""
+        authenticator = self._inbound_authenticator
+        if authenticator is None:
+            # Imported here: the inbound package imports this module for get_runtime().
+            from .inbound._authentication import Authenticator
+
+            with self._lock:
+                authenticator = self._inbound_authenticator
+                if authenticator is None:
+                    identity = self.identity
+                    failures = self.metrics.authn_failures
+                    service = self.settings.service
+
+                    def bundle() -> tuple[x509.Certificate, ...] | None:
+                        current = identity.current
+                        return current.bundle if current is not None else None
+
+                    authenticator = Authenticator(
+                        self.settings.trust_domain,
+                        bundle,
+                        tokens=self.token_verifier,
+                        on_failure=lambda reason: failures.labels(service, reason).inc(),
+                    )
+                    self._inbound_authenticator = authenticator
+        return authenticator
 
     def _identity_changed(self, svid: X509SVID) -> None:
         self.metrics.certificate_expiry.set(svid.expires_at.timestamp())

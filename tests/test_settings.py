@@ -95,15 +95,11 @@ def test_bad_setting_stops_start_up_with_one_line(spawn, tmp_path) -> None:
     assert "MESH_TIMEOUT='fast'" in proc.stderr
 
 
-def test_strict_mtls_is_refused_at_start_up_until_identity_verification_exists(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_mtls_without_an_identity_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     from asgimesh import MeshRuntime
 
-    monkeypatch.setenv("MESH_MTLS", "strict")
-    with pytest.raises(ConfigError, match=r"MESH_MTLS='strict': .*use 'off' or 'permissive'"):
-        MeshRuntime()
-    monkeypatch.setenv("MESH_MTLS", "permissive")
-    # Permissive serves callers with and without identities, but needs one of its own.
-    with pytest.raises(ConfigError, match=r"MESH_MTLS='permissive' needs an identity"):
-        MeshRuntime(start=False)
+    # Strict and permissive serve with an identity of their own: without one, a clear stop.
+    for mode in ("strict", "permissive"):
+        monkeypatch.setenv("MESH_MTLS", mode)
+        with pytest.raises(ConfigError, match=rf"MESH_MTLS='{mode}' needs an identity"):
+            MeshRuntime(start=False)

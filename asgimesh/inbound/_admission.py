@@ -19,6 +19,7 @@ from typing import Protocol
 from ..policy import PolicySnapshot
 from ..policy._model import InboundPolicy
 from ._answers import Answer, json_answer
+from ._authentication import TrustedProxies
 from ._authorization import Authorizer
 from ._limits import ConcurrencyGate, TokenBucket
 
@@ -41,6 +42,7 @@ class Admission:
         "on_rate_limited",
         "policy",
         "service",
+        "trusted",
     )
 
     def __init__(
@@ -59,6 +61,8 @@ class Admission:
         self.authorizer = (
             Authorizer(service, policy.authorization) if policy.authorization is not None else None
         )
+        #: The peers whose forwarded client certificates are believed (``None``: nobody's).
+        self.trusted = TrustedProxies(policy.trusted_proxies) if policy.trusted_proxies else None
         rate = policy.rate_limit
         self.bucket = TokenBucket(rate.requests_per_second, rate.burst) if rate else None
         limit = policy.concurrency_limit
@@ -157,6 +161,7 @@ class InboundAdmission:
                 policy.authorization is None
                 and policy.rate_limit is None
                 and policy.concurrency_limit is None
+                and not policy.trusted_proxies
             ):
                 admission = None
             elif old is not None and old.policy == policy:

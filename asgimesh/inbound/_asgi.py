@@ -50,7 +50,13 @@ class MeshMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                refused = self._core.websocket(scope["path"])
+                client = scope.get("client")
+                refused = self._core.websocket(
+                    scope["path"],
+                    asgi_fields(scope["headers"]),
+                    client[0] if client else None,
+                    _peer_chain(scope),
+                )
                 if refused is not None:
                     await _refuse_websocket(scope, receive, send, refused)
                     return
@@ -62,7 +68,11 @@ class MeshMiddleware:
         method: str = scope["method"]
         client = scope.get("client")
         exchange = core.decide(
-            method, scope["path"], asgi_fields(scope["headers"]), client[0] if client else None
+            method,
+            scope["path"],
+            asgi_fields(scope["headers"]),
+            client[0] if client else None,
+            peer_chain=_peer_chain(scope) if core.authenticator is not None else None,
         )
         if exchange.answer is not None:
             try:
@@ -84,6 +94,16 @@ class MeshMiddleware:
                 exchange.leave()
             finally:
                 exchange.finish(error, asgi_route(scope) if error is not None else None)
+
+
+def _peer_chain(scope: Scope) -> Any:
+    """The client certificate chain the server verified, from the ASGI ``tls`` extension (the
+    standard slot: ``asgimesh serve`` fills it, and servers that implement it work unchanged)."""
+    extensions = scope.get("extensions")
+    if not extensions:
+        return None
+    tls = extensions.get("tls")
+    return tls.get("client_cert_chain") if tls else None
 
 
 class _Responder:

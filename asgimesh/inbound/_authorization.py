@@ -22,8 +22,12 @@ class _Rule:
     exact: frozenset[str]
     prefixes: tuple[str, ...]
     any_path: bool
-    #: ``None``: any caller, verified or not; empty: any verified caller; else these SPIFFE IDs.
+    #: ``None``: any caller, verified or not; else these SPIFFE IDs and the IDs starting with
+    #: one of ``caller_prefixes`` (``from`` entries ending in ``*``), or with ``any_verified``
+    #: (``from: ["*"]``) every verified caller. An empty ``from`` matches nobody.
     callers: frozenset[str] | None
+    caller_prefixes: tuple[str, ...] = ()
+    any_verified: bool = False
 
     def matches_request(self, method: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -35,21 +39,27 @@ class _Rule:
             return True
         if caller is None:
             return False  # fail closed: a rule that names callers needs a verified one
-        return not self.callers or caller in self.callers
+        return (
+            self.any_verified or caller in self.callers or caller.startswith(self.caller_prefixes)
+        )
 
 
 def compile_rule(rule: AuthorizationRule) -> _Rule:
     allow = rule.allow
     paths = allow.paths
     callers: frozenset[str] | None = None
+    prefixes: tuple[str, ...] = ()
     if allow.from_ is not None:
-        callers = frozenset() if "*" in allow.from_ else frozenset(allow.from_)
+        callers = frozenset(e for e in allow.from_ if not e.endswith("*"))
+        prefixes = tuple(e[:-1] for e in allow.from_ if e.endswith("*") and e != "*")
     return _Rule(
         methods=frozenset(allow.methods) if allow.methods is not None else None,
         exact=frozenset(p for p in paths or () if not p.endswith("*")),
         prefixes=tuple(p[:-1] for p in paths or () if p.endswith("*")),
         any_path=paths is None,
         callers=callers,
+        caller_prefixes=prefixes,
+        any_verified=allow.from_ is not None and "*" in allow.from_,
     )
 
 

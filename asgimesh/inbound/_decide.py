@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._context import MeshContext
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .._runtime import MeshRuntime
     from ..telemetry._inbound import InboundTelemetry
     from ._admission import InboundAdmission
+    from ._authentication import Authenticator
     from ._limits import ConcurrencyGate
 
 __all__ = ["ADMIN_PATHS", "InboundCore", "asgi_fields", "environ_fields"]
@@ -61,6 +62,10 @@ _WANTED: dict[bytes, str] = {
         "grpc-timeout",
         "x-envoy-expected-rq-timeout-ms",
         "authorization",
+        # The caller's identity, where TLS ends before this process (see _authentication).
+        "mesh-identity",
+        "x-forwarded-client-cert",
+        "client-cert",
     )
 }
 #: The same headers as WSGI ``environ`` keys.
@@ -93,7 +98,17 @@ def environ_fields(environ: Mapping[str, Any]) -> dict[str, str]:
 class InboundCore:
     """Decides each inbound request; one per middleware, shared by all its requests."""
 
-    __slots__ = ("_admin", "_admission", "_clock", "_randbits", "on_request", "telemetry")
+    __slots__ = (
+        "_admin",
+        "_admission",
+        "_clock",
+        "_randbits",
+        "_strict",
+        "_wall_clock",
+        "authenticator",
+        "on_request",
+        "telemetry",
+    )
 
     def __init__(
         self,
@@ -104,6 +119,9 @@ class InboundCore:
         telemetry: InboundTelemetry | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_request: Callable[[], None] | None = None,
+        authenticator: Authenticator | None = None,
+        strict: bool = False,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         # ``random.getrandbits`` (reseeded after fork) rather than ``os.urandom``: ids must be
         # unique, not secret, and this runs for every request.
@@ -112,6 +130,11 @@ class InboundCore:
         self._admission = admission
         self._clock = clock
         self.telemetry = telemetry
+        #: Verifies callers (``MESH_MTLS`` permissive or strict); ``None`` with ``off``: no
+        #: identity is asked for or believed, so ``from`` rules match nobody.
+        self.authenticator = authenticator
+        self._strict = strict
+        self._wall_clock = wall_clock
         #: Called by the shells once per request (the serverless policy refresh: starts one if
         #: due, never waits); ``None`` where the config source has no such hook.
         self.on_request = on_request
@@ -122,11 +145,14 @@ class InboundCore:
         admission (shared by every middleware on it) and telemetry of its own."""
         from ..telemetry._inbound import InboundTelemetry
 
+        mtls = runtime.settings.mtls
         return cls(
             Admin(runtime),
             admission=runtime.inbound_admission,
             telemetry=InboundTelemetry(runtime),
             on_request=runtime.on_request,
+            authenticator=runtime.inbound_authenticator if mtls != "off" else None,
+            strict=mtls == "strict",
         )
 
     def decide(
@@ -136,9 +162,11 @@ class InboundCore:
         fields: Mapping[str, str],
         client: str | None,
         now: float | None = None,
+        peer_chain: Sequence[str] | None = None,
     ) -> InboundExchange:
         """Decide one request that arrived at ``now`` (``time.monotonic`` seconds; the
-        injected clock's time when not given)."""
+        injected clock's time when not given). ``peer_chain`` is the client certificate chain
+        (PEM) the server verified in the TLS handshake, where there was one."""
         if now is None:
             now = self._clock()
         telemetry, clock = self.telemetry, self._clock
@@ -153,13 +181,29 @@ class InboundCore:
         else:
             source = self._admission
             admission = source.current() if source is not None else None
-            if admission is not None:  # None unless this service has an inbound policy
+            authenticator = self.authenticator
+            if authenticator is not None:
+                trusted = admission.trusted if admission is not None else None
+                context.caller = caller = authenticator.authenticate(
+                    peer_chain, fields, client, trusted, self._wall_clock()
+                )
+                if caller is None and self._strict:
+                    authenticator.on_failure("missing")
+                    answer = _UNAUTHENTICATED
+            if answer is None and admission is not None:
+                # None unless this service has an inbound policy
                 answer, gate = admission.admit(method, path, context.caller, now)
         return InboundExchange(
             method, path, client, now, context, answer, gate, telemetry=telemetry, clock=clock
         )
 
-    def websocket(self, path: str) -> Answer | None:
+    def websocket(
+        self,
+        path: str,
+        fields: Mapping[str, str] | None = None,
+        client: str | None = None,
+        peer_chain: Sequence[str] | None = None,
+    ) -> Answer | None:
         """The 403 for a WebSocket handshake that authorization refuses, else ``None``.
 
         A handshake is authorized as a ``GET`` of its path, so a policy's rules cannot be
@@ -167,12 +211,20 @@ class InboundCore:
         long-lived connections, and do not apply.
         """
         source = self._admission
-        if source is None:
-            return None
-        admission = source.current()
+        admission = source.current() if source is not None else None
+        caller = None
+        authenticator = self.authenticator
+        if authenticator is not None:
+            trusted = admission.trusted if admission is not None else None
+            caller = authenticator.authenticate(
+                peer_chain, fields or {}, client, trusted, self._wall_clock()
+            )
+            if caller is None and self._strict:
+                authenticator.on_failure("missing")
+                return _UNAUTHENTICATED
         if admission is None or admission.authorizer is None:
             return None
-        denied = admission.authorizer.check("GET", path, None)  # no verified identity yet
+        denied = admission.authorizer.check("GET", path, caller)
         if denied is None:
             return None
         admission.on_denied()
@@ -208,6 +260,16 @@ class InboundCore:
             deadline=_deadline(fields, now) if fields else None,
             parent_span_id=parent_span_id,
         )
+
+
+#: The answer to a caller without a verified identity under ``MESH_MTLS=strict``.
+_UNAUTHENTICATED = json_answer(
+    401,
+    "unauthenticated",
+    "this service accepts only callers with a verified mesh identity (MESH_MTLS=strict): "
+    "call it over mTLS with a mesh certificate, or with a valid mesh-identity token",
+    (("www-authenticate", 'Bearer realm="asgimesh"'),),
+)
 
 
 def _deadline(fields: Mapping[str, str], now: float) -> float | None:

@@ -22,7 +22,11 @@ from ..telemetry._otel import environ_attributes
 from ._decide import InboundCore, environ_fields
 from ._exchange import RESPONSE_HEADER, InboundExchange
 
-__all__ = ["MeshWSGIMiddleware"]
+__all__ = ["PEER_CHAIN", "MeshWSGIMiddleware"]
+
+#: Where a WSGI server hands over the client certificate chain (PEM strings, leaf first) that it
+#: verified in the TLS handshake (``asgimesh serve --wsgi`` does).
+PEER_CHAIN = "asgimesh.client_cert_chain"
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | None
@@ -54,7 +58,13 @@ class MeshWSGIMiddleware:
             core.on_request()  # serverless policy refresh: starts one if due, never waits
         method: str = environ.get("REQUEST_METHOD", "GET")
         path: str = environ.get("PATH_INFO", "") or "/"
-        exchange = core.decide(method, path, environ_fields(environ), environ.get("REMOTE_ADDR"))
+        exchange = core.decide(
+            method,
+            path,
+            environ_fields(environ),
+            environ.get("REMOTE_ADDR"),
+            peer_chain=environ.get(PEER_CHAIN) if core.authenticator is not None else None,
+        )
         answer = exchange.answer
         if answer is not None:
             try:

@@ -320,7 +320,11 @@ def test_policy_removed_and_readded() -> None:
     assert core._admission.current() is None
     assert core.decide("GET", "/", {}, None, NOW).gate is None
     store.set({"web": {"trusted_proxies": ["10.0.0.0/8"]}})  # inbound policy, but no limits
-    assert core._admission.current() is None
+    only_proxies = core._admission.current()
+    assert only_proxies is not None and only_proxies.trusted is not None
+    assert "10.1.2.3" in only_proxies.trusted and "11.0.0.1" not in only_proxies.trusted
+    assert only_proxies.gate is None and only_proxies.authorizer is None and only_proxies.bucket is None
+    assert core.decide("GET", "/", {}, None, NOW).answer is None
 
 
 def test_changed_concurrency_limit_keeps_counting_requests_in_flight() -> None:
