@@ -62,8 +62,13 @@ class MeshRuntime:
         #: This process's identity (X.509-SVID), and where it comes from: ``None`` with
         #: ``MESH_MTLS=off`` and no identity configured.
         self.identity = IdentityStore()
-        #: Checks ``mesh-identity`` tokens (JWT-SVIDs) where a verifier is installed.
+        #: Checks ``mesh-identity`` tokens (JWT-SVIDs): x5c-signed ones against the trust
+        #: bundle, control-plane-signed ones against its JWT keys where it publishes them.
         self.token_verifier: TokenVerifier | None = None
+        if self.settings.mtls != "off":
+            from .identity._jwt import JWTVerifier
+
+            self.token_verifier = JWTVerifier(self.settings.spiffe_id, self._bundle)
         self.identity.subscribe(self._identity_changed)
         self.identity_source: IdentitySource | None = identity_source_for(
             self.settings, self.identity
@@ -134,22 +139,21 @@ class MeshRuntime:
             with self._lock:
                 authenticator = self._inbound_authenticator
                 if authenticator is None:
-                    identity = self.identity
                     failures = self.metrics.authn_failures
                     service = self.settings.service
-
-                    def bundle() -> tuple[x509.Certificate, ...] | None:
-                        current = identity.current
-                        return current.bundle if current is not None else None
-
                     authenticator = Authenticator(
                         self.settings.trust_domain,
-                        bundle,
+                        self._bundle,
                         tokens=self.token_verifier,
                         on_failure=lambda reason: failures.labels(service, reason).inc(),
                     )
                     self._inbound_authenticator = authenticator
         return authenticator
+
+    def _bundle(self) -> tuple[x509.Certificate, ...] | None:
+        """The trust bundle of the identity in use (``None`` before the first identity)."""
+        current = self.identity.current
+        return current.bundle if current is not None else None
 
     def _identity_changed(self, svid: X509SVID) -> None:
         self.metrics.certificate_expiry.set(svid.expires_at.timestamp())

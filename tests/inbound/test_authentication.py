@@ -241,3 +241,28 @@ def test_forwarded_identities_are_believed_from_the_policy_s_proxies_only(runtim
     assert core.decide("GET", "/", fields, PROXY).context.caller == ORDERS
     stranger = core.decide("GET", "/", fields, "10.9.9.9")
     assert stranger.answer is not None and stranger.answer.status == 401
+
+
+def test_a_mesh_identity_token_names_the_caller(runtime_for, ca) -> None:
+    from asgimesh.identity import IdentityStore, parse_svid
+    from asgimesh.identity._jwt import sign_with_svid
+
+    runtime = runtime_for("strict")
+    core = InboundCore.for_runtime(runtime)
+    issued = ca.issue(ORDERS)
+    caller = IdentityStore()
+    caller.set(parse_svid(issued.cert_pem, issued.key_pem, issued.bundle_pem,
+                          trust_domain="mesh.local", source="caller"))
+    token = sign_with_svid(caller, WEB, time.time(), 300)
+    exchange = core.decide("GET", "/", {"mesh-identity": token}, None)
+    assert exchange.answer is None and exchange.context.caller == ORDERS
+    # A token for another service is no identity here: strict answers 401 and counts why.
+    other = sign_with_svid(caller, "spiffe://mesh.local/ns/default/sa/other", time.time(), 300)
+    refused = core.decide("GET", "/", {"mesh-identity": other}, None)
+    assert refused.answer is not None and refused.answer.status == 401
+    assert failures(runtime, "invalid_token") == 1 and failures(runtime, "missing") == 1
+    # The TLS chain comes first: a verified certificate wins over a token.
+    chain = [ca.issue("spiffe://mesh.local/ns/default/sa/tls").cert_pem.decode()]
+    both = core.decide("GET", "/", {"mesh-identity": token}, None, peer_chain=chain)
+    assert both.context.caller == "spiffe://mesh.local/ns/default/sa/tls"
+    caller.close()
