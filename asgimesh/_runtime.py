@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ._errors import PolicyError
 from ._log import get_logger
 from .identity import X509SVID, IdentitySource, IdentityStore, identity_source_for
 from .policy import PolicySnapshot, PolicyStore
-from .policy._file_source import FilePolicySource
+from .policy.sources import PolicySource, policy_source_for
 from .settings import MeshSettings
-from .telemetry import MeshMetrics
+from .telemetry import InstanceReport, MeshMetrics
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -29,21 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["MeshRuntime", "get_runtime", "set_runtime"]
 
 log = get_logger("asgimesh")
-
-
-class PolicySource(Protocol):
-    """Where the top policy layer comes from (``MESH_CONFIG``): a file, a control plane, etcd."""
-
-    name: str
-
-    def load(self) -> None:
-        """First load, before serving. May raise :class:`PolicyError`."""
-
-    def start(self) -> None:
-        """Begin following changes in the background."""
-
-    def close(self) -> None:
-        """Stop following changes."""
 
 
 class MeshRuntime:
@@ -73,7 +58,11 @@ class MeshRuntime:
         self.identity_source: IdentitySource | None = identity_source_for(
             self.settings, self.identity
         )
-        self.source: PolicySource | None = self._make_source()
+        self.source: PolicySource | None = policy_source_for(
+            self.settings,
+            self.policy,
+            reporter=InstanceReport(self.metrics.registry, self.settings.service),
+        )
         #: Call once per request (inbound middleware, outbound transports): lets a config source
         #: without background work (serverless mode) refresh. Never blocks; a no-op otherwise.
         #: ``None`` where the source has no such hook, so the shells skip the call entirely.
@@ -116,16 +105,6 @@ class MeshRuntime:
                     )
                     self._inbound_admission = admission
         return admission
-
-    def _make_source(self) -> PolicySource | None:
-        target = self.settings.config
-        if target is None:
-            return None
-        if target.startswith(("http://", "https://", "etcd://")):
-            from .controlplane import make_policy_source
-
-            return make_policy_source(self)
-        return FilePolicySource(target, self.policy)
 
     @property
     def inbound_authenticator(self) -> Authenticator:

@@ -13,8 +13,8 @@ import anyio
 import httpx
 
 from .._durations import parse_duration
-from ..controlplane._etcd import EtcdError
-from ..controlplane._store import Store, open_store
+from .._etcd import EtcdError
+from ..controlplane.stores import Store, open_store
 from ._client import EXIT_UNREACHABLE, CommandFailedError, add_server_options, call, fail
 
 __all__ = ["register"]

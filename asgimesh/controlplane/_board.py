@@ -11,7 +11,7 @@ import json
 
 import anyio
 
-from ._store import PolicyRecord
+from .stores import PolicyRecord
 
 __all__ = ["VersionBoard"]
 

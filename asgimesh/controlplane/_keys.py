@@ -15,14 +15,14 @@ import secrets
 from pathlib import Path
 
 import anyio.to_thread
-import structlog
 
+from .._log import get_logger
 from ..identity import MeshCA
-from ._store import Store
+from .stores import Store
 
 __all__ = ["load_admin_token", "load_keys"]
 
-log = structlog.get_logger("asgimesh.controlplane")
+log = get_logger("asgimesh.controlplane")
 
 
 async def load_keys(store: Store, state_dir: Path, trust_domain: str) -> MeshCA:

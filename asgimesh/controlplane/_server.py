@@ -1,9 +1,9 @@
 """The control plane's HTTP API (contract, section 7) as a Starlette app.
 
 Handlers are thin: the store keeps state, :class:`VersionBoard` holds the newest version and
-parks long polls, :mod:`._signing` signs, :mod:`asgimesh.policy` validates with the same words
-as ``asgimesh policy check``. Every refusal is JSON ``{"error", "detail"}`` with a 4xx status;
-a store that cannot be reached is a 503, never a 500 with a traceback.
+parks long polls, :mod:`asgimesh.policy._signed` signs, :mod:`asgimesh.policy` validates with
+the same words as ``asgimesh policy check``. Every refusal is JSON ``{"error", "detail"}``
+with a 4xx status; a store that cannot be reached is a 503, never a 500 with a traceback.
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ from starlette.routing import Route
 
 from .._durations import parse_duration
 from .._errors import PolicyError
+from .._etcd import EtcdError
 from .._log import bounded, describe_error, get_logger
 from ..identity import CertificateRequestError, MeshCA
 from ..policy import parse_document, validate_document
 from ..policy._load import format_for, format_validation_error
+from ..policy._signed import sign_policy
 from ._board import VersionBoard
 from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
-from ._etcd import EtcdError
-from ._golden import roll_up
 from ._keys import load_admin_token, load_keys
-from ._signing import sign_policy
-from ._store import PolicyRecord, Store, open_store
+from ._rollup import roll_up
+from .stores import PolicyRecord, Store, open_store
 
 __all__ = ["ControlPlaneConfig", "create_app", "token_digest"]
 

@@ -6,7 +6,13 @@ a SPIFFE credential folder, or the control plane). The control plane's side: :cl
 which signs what services ask for.
 """
 
-from ._ca import CertificateRequestError, MeshCA, load_bundle, verify_issued_by
+from ._ca import (
+    CertificateRequestError,
+    MeshCA,
+    is_policy_signer,
+    load_bundle,
+    verify_issued_by,
+)
 from ._sources import IdentitySource, identity_source_for
 from ._spiffe import control_plane_id, id_matches, is_spiffe_id, service_id
 from ._store import IdentityFiles, IdentityStore
@@ -23,6 +29,7 @@ __all__ = [
     "control_plane_id",
     "id_matches",
     "identity_source_for",
+    "is_policy_signer",
     "is_spiffe_id",
     "load_bundle",
     "parse_svid",

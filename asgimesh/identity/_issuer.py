@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .._backoff import full_jitter
 from .._log import describe_error, get_logger
 from ._store import IdentityStore
 from ._svid import X509SVID, IdentityError, load_pem_bundle, parse_svid
@@ -67,7 +68,7 @@ class RenewalSchedule:
     def failed(self, now: float) -> float:
         """Record a failed request at ``now``; returns the seconds until the next one."""
         self.failures += 1
-        delay = self._rand() * min(self.cap, self.base * 2.0 ** min(self.failures - 1, 32))
+        delay = full_jitter(self.failures, self.base, self.cap, self._rand)
         self.next_at = now + delay
         return delay
 

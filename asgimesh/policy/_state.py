@@ -106,12 +106,20 @@ class PolicyStore:
                 snapshot = self._build(document, source, version)
                 self.current = snapshot
         except PolicyError as error:
-            for failed in self._failure_listeners:
-                failed(error)
+            self.refused(error)
             raise
         for listener in self._listeners:
             listener(snapshot)
         return snapshot
+
+    def refused(self, error: PolicyError) -> None:
+        """Report an update refused before it reached :meth:`apply` (say, a bad signature).
+
+        The current policy stays in force; failure listeners hear of it as of any invalid
+        document, so the refusal is logged and counted once, in one place.
+        """
+        for failed in self._failure_listeners:
+            failed(error)
 
     def _build(
         self, document: Mapping[str, Any] | None, source: str | None, version: int | None

@@ -5,8 +5,8 @@ import time
 
 import httpx
 
-from asgimesh.controlplane._signing import verify_policy
 from asgimesh.identity import load_bundle
+from asgimesh.policy._signed import verify_policy
 
 ADMIN = {"authorization": "Bearer test-admin-token"}
 
@@ -31,7 +31,7 @@ def test_replicas_share_keys_and_a_put_through_one_wakes_long_polls_on_the_other
     assert put.json() == {"version": 1}
     poll.join(10)
     assert time.monotonic() - start < 5 and answer[0].status_code == 200
-    assert verify_policy(answer[0].json(), load_bundle(bundle))[0] == 1
+    assert verify_policy(answer[0].json(), load_bundle(bundle), trust_domain="mesh.local")[0] == 1
 
 
 def test_concurrent_puts_on_two_replicas_never_share_a_version(etcd, control_plane_process) -> None:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from asgimesh.controlplane import ControlPlaneConfig, create_app
-from asgimesh.controlplane._signing import verify_policy
 from asgimesh.identity import load_bundle
+from asgimesh.policy._signed import verify_policy
 
 pytestmark = pytest.mark.anyio
 ADMIN = {"authorization": "Bearer admin-secret"}
@@ -39,7 +39,10 @@ async def test_put_then_get_signed_version_with_etag(tmp_path: Path) -> None:
         body = got.json()
         assert body["policy"] == {"defaults": {"timeout": "2s"}}
         bundle = load_bundle((await cp.get("/v1/trust-bundle")).content)
-        assert verify_policy(body, bundle) == (1, {"defaults": {"timeout": "2s"}})
+        assert verify_policy(body, bundle, trust_domain="mesh.local") == (
+            1,
+            {"defaults": {"timeout": "2s"}},
+        )
         assert (await cp.get("/v1/policy", headers={"if-none-match": '"1"'})).status_code == 304
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._store import PolicyRecord
+from ._base import PolicyRecord
 
 __all__ = ["SQLiteStore"]
 

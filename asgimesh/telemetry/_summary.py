@@ -1,5 +1,5 @@
-"""Golden metrics (rate, success rate, latency quantiles) from the runtime's Prometheus registry,
-and the per-service roll-up ``GET /v1/services`` shows. Pure functions, no I/O.
+"""What an instance reports to the control plane: golden metrics (rate, success rate, latency
+quantiles) read from the runtime's own Prometheus registry. Pure functions, no I/O.
 
 An instance reports what happened since its last report, computed from the difference of two
 readings of its own counters and histogram: the control plane then needs no state per instance
@@ -9,13 +9,17 @@ beyond the latest report, and a restarted instance simply starts from zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-__all__ = ["Golden", "Reading", "golden", "quantile", "read_registry", "roll_up"]
+__all__ = ["Golden", "InstanceReport", "Reading", "golden", "quantile", "read_registry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,44 +93,39 @@ def golden(previous: Reading, current: Reading, elapsed: float) -> Golden:
     )
 
 
-def roll_up(reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per service: its instances, the policy versions they run, summed rate, success
-    rate weighted by requests, and the worst instance's p50/p99 (quantiles do not add up)."""
-    by_service: dict[str, list[Mapping[str, Any]]] = {}
-    for report in reports:
-        by_service.setdefault(str(report["service"]), []).append(report)
-    rows = []
-    for service, instances in sorted(by_service.items()):
-        requests = sum(int(r.get("requests") or 0) for r in instances)
-        ok = sum(
-            int(r.get("requests") or 0) * float(r["success_rate"])
-            for r in instances
-            if r.get("success_rate") is not None
+class InstanceReport:
+    """Makes this instance's reports, each covering the time since the one before."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        service: str,
+        *,
+        instance: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service = service
+        #: Unique per process, readable by people: host, pid and a few random hex digits.
+        self.instance = instance or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
-        p50 = [float(r["p50_ms"]) for r in instances if r.get("p50_ms") is not None]
-        p99 = [float(r["p99_ms"]) for r in instances if r.get("p99_ms") is not None]
-        rows.append(
-            {
-                "service": service,
-                "instances": [
-                    {
-                        "instance": r["instance"],
-                        "policy_version": r.get("policy_version"),
-                        "requests_per_second": r.get("requests_per_second"),
-                        "success_rate": r.get("success_rate"),
-                        "p50_ms": r.get("p50_ms"),
-                        "p99_ms": r.get("p99_ms"),
-                        "reported": r.get("received"),
-                    }
-                    for r in sorted(instances, key=lambda r: str(r["instance"]))
-                ],
-                "policy_versions": sorted({int(r.get("policy_version") or 0) for r in instances}),
-                "requests_per_second": round(
-                    sum(float(r.get("requests_per_second") or 0) for r in instances), 3
-                ),
-                "success_rate": ok / requests if requests else None,
-                "p50_ms": max(p50) if p50 else None,
-                "p99_ms": max(p99) if p99 else None,
-            }
-        )
-    return rows
+        self._registry = registry
+        self._clock = clock
+        self._reading = Reading()
+        self._read_at = clock()
+
+    def __call__(self, policy_version: int) -> dict[str, Any]:
+        now = self._clock()
+        reading = read_registry(self._registry, self.service)
+        summary = golden(self._reading, reading, now - self._read_at)
+        self._reading, self._read_at = reading, now
+        return {
+            "service": self.service,
+            "instance": self.instance,
+            "policy_version": policy_version,
+            "requests": summary.requests,
+            "requests_per_second": summary.requests_per_second,
+            "success_rate": summary.success_rate,
+            "p50_ms": summary.p50_ms,
+            "p99_ms": summary.p99_ms,
+        }

@@ -12,10 +12,10 @@ import os
 import threading
 from pathlib import Path
 
-from .._errors import PolicyError
-from .._log import get_logger
-from ._load import read_policy_file
-from ._state import PolicyStore
+from ..._errors import PolicyError
+from ..._log import get_logger
+from .._load import read_policy_file
+from .._state import PolicyStore
 
 __all__ = ["FilePolicySource"]
 

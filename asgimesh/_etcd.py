@@ -1,4 +1,6 @@
-"""etcd through its v3 JSON gateway (``/v3/kv/...``, ``/v3/watch``), with httpx.
+"""etcd through its v3 JSON gateway (``/v3/kv/...``, ``/v3/watch``), with httpx, and the mesh's
+layout of keys in it: shared by the control plane's etcd store (which writes) and a service's
+``MESH_CONFIG=etcd://`` feed (which only reads versions and the trust bundle, and writes reports).
 
 No gRPC stubs: the gateway ships with every etcd since 3.3 and speaks plain JSON (keys and
 values base64, 64-bit numbers as strings, fields at their default value omitted). Versions are
@@ -14,19 +16,20 @@ import base64
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
-import structlog
 
-from ._store import PolicyRecord
-from ._tls import tls_context
+from ._backoff import ReconnectBackoff
+from ._log import describe_error, get_logger
+from ._ssl import tls_context
+from .policy._signed import PolicyRecord
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdStore", "prefix_end"]
+__all__ = ["EtcdClient", "EtcdError", "EtcdPolicyReader", "prefix_end"]
 
-log = structlog.get_logger("asgimesh.controlplane")
+log = get_logger("asgimesh.etcd")
 
 
 class EtcdError(Exception):
@@ -150,23 +153,28 @@ class EtcdClient:
                     yield _unb64(kv["key"]).decode(), _unb64(kv.get("value", ""))
 
 
-class EtcdStore:
-    shared = True
+class EtcdPolicyReader:
+    """The mesh's keys under ``prefix``, and the reads both sides of the mesh make of them.
+
+    Versions are ``<prefix>/policy/v/<000000000042>`` (zero-padded so key order is version
+    order), the trust bundle and other bootstrap values ``<prefix>/bootstrap/<name>``, instance
+    reports ``<prefix>/reports/<service>/<instance>``. The control plane's store extends this
+    with the writes; a service's feed uses it as is.
+    """
 
     def __init__(self, endpoint: str, prefix: str = "/asgimesh") -> None:
-        self.description = f"etcd:{endpoint}{prefix}"
         self.prefix = prefix.rstrip("/")
         self.endpoint = endpoint
+        self.description = f"etcd:{endpoint}{self.prefix}"
         self.etcd = EtcdClient(endpoint)
         self._versions = f"{self.prefix}/policy/v/"
-        self._latest = f"{self.prefix}/policy/latest"
 
     def _version_key(self, version: int) -> str:
         return f"{self._versions}{version:012d}"
 
     async def open(self) -> None:
-        """A fresh connection pool (so that a closed store can be opened again); the first call
-        connects."""
+        """A fresh connection pool (so that a closed reader can be opened again); the first
+        call connects."""
         await self.etcd.aclose()
         self.etcd = EtcdClient(self.endpoint)
 
@@ -181,32 +189,10 @@ class EtcdStore:
         kvs, _ = await self.etcd.range(self._version_key(version))
         return PolicyRecord.from_json(kvs[0][1]) if kvs else None
 
-    async def history(self, limit: int) -> list[PolicyRecord]:
-        kvs, _ = await self.etcd.range(self._versions, prefix=True, limit=limit, descending=True)
-        return [PolicyRecord.from_json(value) for _, value, _ in kvs]
-
-    async def append(self, make: Callable[[int], PolicyRecord]) -> PolicyRecord:
-        for attempt in range(100):
-            kvs, _ = await self.etcd.range(self._latest)
-            highest, mod_revision = (int(kvs[0][1]), kvs[0][2]) if kvs else (0, 0)
-            record = make(highest + 1)
-            won = await self.etcd.txn(
-                [self.etcd.unchanged_since(self._latest, mod_revision)],
-                [
-                    (self._latest, str(record.version)),
-                    (self._version_key(record.version), record.to_json()),
-                ],
-            )
-            if won:
-                return record
-            # Another replica took that number: back off a little and take the next.
-            await anyio.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # noqa: S311
-        raise EtcdError("could not allocate a policy version after 100 attempts")
-
     async def follow(self, after: int) -> AsyncIterator[PolicyRecord]:
         """Every version newer than ``after``, forever: catch up with a range, then watch;
         when etcd goes away, retry with capped exponential backoff and catch up again."""
-        failures = 0
+        backoff = ReconnectBackoff(0.1, 5.0)
         while True:
             try:
                 kvs, revision = await self.etcd.range(
@@ -216,51 +202,30 @@ class EtcdStore:
                     record = PolicyRecord.from_json(value)
                     after = max(after, record.version)
                     yield record
-                if failures:
+                if backoff.failures:
                     log.info("etcd_watch_resumed", store=self.description, version=after)
-                failures = 0
+                backoff.reset()
                 async for _, value in self.etcd.watch(self._versions, revision + 1):
                     record = PolicyRecord.from_json(value)
                     if record.version > after:
                         after = record.version
                         yield record
             except (httpx.HTTPError, EtcdError, ValueError, KeyError) as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning("etcd_watch_lost", store=self.description, error=str(exc))
-            delay = min(5.0, 0.1 * 2 ** min(failures, 6))
-            await anyio.sleep(random.uniform(delay / 2, delay))  # noqa: S311
-
-    async def put_token(self, digest: str, service: str) -> None:
-        body = json.dumps({"service": service, "created": time.time()})
-        await self.etcd.put(f"{self.prefix}/tokens/{digest}", body)
-
-    async def token_service(self, digest: str) -> str | None:
-        kvs, _ = await self.etcd.range(f"{self.prefix}/tokens/{digest}")
-        return str(json.loads(kvs[0][1])["service"]) if kvs else None
+                delay = backoff.next_delay()
+                if backoff.failures == 1:
+                    kind, message = describe_error(exc)
+                    log.warning(
+                        "etcd_watch_lost", store=self.description, error_type=kind, message=message
+                    )
+            else:
+                delay = 0.1 * random.random()  # noqa: S311 - the stream ended: reconnect soon
+            await anyio.sleep(delay)
 
     async def put_report(self, service: str, instance: str, report: dict[str, Any]) -> None:
         body = json.dumps({**report, "received": time.time()})
         await self.etcd.put(f"{self.prefix}/reports/{service}/{instance}", body)
 
-    async def reports(self, newer_than: float) -> list[dict[str, Any]]:
-        kvs, _ = await self.etcd.range(f"{self.prefix}/reports/", prefix=True)
-        fresh = []
-        for key, value, _ in kvs:
-            report = json.loads(value)
-            if float(report.get("received", 0)) > newer_than:
-                fresh.append(report)
-            else:
-                await self.etcd.delete(key)
-        return fresh
-
     async def read_bootstrap(self, name: str) -> str | None:
-        """A value :meth:`bootstrap_secret` stored (services read the trust bundle this way)."""
+        """A value the control plane stored at start (services read the trust bundle so)."""
         kvs, _ = await self.etcd.range(f"{self.prefix}/bootstrap/{name}")
         return kvs[0][1].decode() if kvs else None
-
-    async def bootstrap_secret(self, name: str, value: str) -> str:
-        key = f"{self.prefix}/bootstrap/{name}"
-        await self.etcd.txn([self.etcd.unchanged_since(key, 0)], [(key, value)])
-        kvs, _ = await self.etcd.range(key)
-        return kvs[0][1].decode()

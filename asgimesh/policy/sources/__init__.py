@@ -1,0 +1,79 @@
+"""Where a service's top policy layer comes from (``MESH_CONFIG``): a file, a control plane, etcd.
+
+Everything here runs inside the service, so none of it imports the control-plane server: the
+signed-envelope format lives in :mod:`asgimesh.policy._signed` and the etcd gateway client in
+:mod:`asgimesh._etcd`, shared with the server from neutral ground. Sources receive what they
+need (the policy store, the parsed URL, a token, a trust bundle, a report callback), never the
+whole runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..._errors import ConfigError
+from ...settings import MeshSettings
+from .._state import PolicyStore
+from ._file import FilePolicySource
+from ._url import SourceOptions, parse_source_url
+from ._watch import ControlPlaneSource, Reporter
+
+__all__ = [
+    "ControlPlaneSource",
+    "FilePolicySource",
+    "PolicySource",
+    "Reporter",
+    "SourceOptions",
+    "parse_source_url",
+    "policy_source_for",
+]
+
+_REMOTE = ("http://", "https://", "etcd://")
+
+
+class PolicySource(Protocol):
+    """A ``MESH_CONFIG`` source as the runtime drives it."""
+
+    name: str
+
+    def load(self) -> None:
+        """First load, before serving. May raise :class:`PolicyError`."""
+
+    def start(self) -> None:
+        """Begin following changes in the background."""
+
+    def close(self) -> None:
+        """Stop following changes."""
+
+
+def policy_source_for(
+    settings: MeshSettings, policy: PolicyStore, *, reporter: Reporter | None = None
+) -> PolicySource | None:
+    """The source ``MESH_CONFIG`` names, feeding ``policy`` (``None`` without ``MESH_CONFIG``).
+
+    Raises :class:`ConfigError` for a URL or ``MESH_CA`` that cannot be used, naming it.
+    """
+    target = settings.config
+    if target is None:
+        return None
+    if not target.startswith(_REMOTE):
+        return FilePolicySource(target, policy)
+    options = parse_source_url(target)
+    bundle = None
+    if settings.ca is not None:
+        from ...identity import load_bundle
+
+        try:
+            bundle = load_bundle(settings.ca.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"MESH_CA={str(settings.ca)!r}: expected a readable PEM bundle ({exc})"
+            ) from None
+    return ControlPlaneSource(
+        options,
+        policy,
+        trust_domain=settings.trust_domain,
+        token=settings.token.get_secret_value() if settings.token else None,
+        bundle=bundle,
+        reporter=reporter,
+    )
