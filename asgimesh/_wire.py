@@ -10,6 +10,9 @@ import random
 import re
 
 __all__ = [
+    "SERVICE_NAME",
+    "bearer_token",
+    "is_service_name",
     "new_span_id",
     "parse_deadline_ms",
     "parse_envoy_timeout_ms",
@@ -19,10 +22,30 @@ __all__ = [
     "parse_tracestate",
 ]
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+# Matched with ``fullmatch``: ``$`` would also match before a trailing newline.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 #: W3C ``tracestate``: at most 32 comma-separated ``key=value`` members, printable ASCII.
-_TRACESTATE = re.compile(r"^[\x20-\x7e]{0,512}$")
+_TRACESTATE = re.compile(r"[\x20-\x7e]{0,512}")
+#: A service (or namespace) name: letters, digits, ``.``, ``_`` and ``-``, starting and ending
+#: with a letter or digit, at most 253 characters, as a DNS name or a Kubernetes object name.
+SERVICE_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?"
+_SERVICE_NAME = re.compile(SERVICE_NAME)
+
+
+def is_service_name(value: object) -> bool:
+    """Whether ``value`` is a string that is a valid service or namespace name."""
+    return isinstance(value, str) and _SERVICE_NAME.fullmatch(value) is not None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header, else ``None`` (absent,
+    another scheme, or empty). The scheme is case-insensitive (RFC 9110, section 11.1)."""
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials:
+        return None
+    return credentials
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -30,7 +53,7 @@ def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
     """``(trace_id, parent_span_id, flags)`` from a valid W3C ``traceparent``, else ``None``."""
     if not value or len(value) > 512:
         return None
-    match = _TRACEPARENT.match(value.strip())
+    match = _TRACEPARENT.fullmatch(value.strip())
     if match is None:
         return None
     version, trace_id, span_id, flags, rest = match.groups()
@@ -44,7 +67,7 @@ def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
 def parse_tracestate(value: str | None) -> str | None:
     """A caller's ``tracestate`` if it is at most 512 printable ASCII characters in at most 32
     ``key=value`` members, else ``None``. Vendors' values are opaque: kept, not interpreted."""
-    if not value or not _TRACESTATE.match(value):
+    if not value or not _TRACESTATE.fullmatch(value):
         return None
     members = [m.strip() for m in value.split(",") if m.strip()]
     if not members or len(members) > 32 or any("=" not in m for m in members):
@@ -54,7 +77,7 @@ def parse_tracestate(value: str | None) -> str | None:
 
 def parse_request_id(value: str | None) -> str | None:
     """A caller's ``x-request-id`` if it is 1-200 visible ASCII characters, else ``None``."""
-    if value and _REQUEST_ID.match(value):
+    if value and _REQUEST_ID.fullmatch(value):
         return value
     return None
 

@@ -7,7 +7,6 @@ naming the variable, the value and what was expected; secrets are ``SecretStr`` 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -24,17 +23,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._durations import parse_duration
 from ._errors import ConfigError
+from ._wire import is_service_name
 
 __all__ = ["MeshSettings", "parse_upstreams"]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _POLICY_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 
 
 def _check_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not is_service_name(value):
         raise ValueError(
             "expected a name of letters, digits, '.', '_' or '-' that starts and ends with a "
             f"letter or digit, got {value!r}"

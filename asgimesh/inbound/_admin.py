@@ -13,6 +13,8 @@ import ipaddress
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._log import redact
+from .._wire import bearer_token
 from ..telemetry import CONTENT_TYPE
 from ._answers import Answer, json_answer, json_document
 
@@ -96,15 +98,15 @@ class Admin:
                 "/_mesh/config is open to loopback clients only while MESH_ADMIN_TOKEN is not "
                 f"set; the client address is {client or 'unknown'}",
             )
-        scheme, _, credentials = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
+        credentials = bearer_token(authorization)
+        if credentials is None:
             return json_answer(
                 401,
                 "unauthorized",
                 "/_mesh/config needs the header 'Authorization: Bearer <MESH_ADMIN_TOKEN>'",
                 (("www-authenticate", 'Bearer realm="asgimesh"'),),
             )
-        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+        if not hmac.compare_digest(credentials.encode(), self._token):
             return json_answer(403, "forbidden", "the bearer token does not match MESH_ADMIN_TOKEN")
         return None
 
@@ -112,8 +114,10 @@ class Admin:
         """The effective policy, where each value came from, and the settings without secrets."""
         runtime = self._runtime
         snapshot = runtime.policy.current
-        policy = snapshot.policy.model_dump(mode="json")
-        settings = runtime.settings.model_dump(mode="json")
+        # URLs may carry credentials (MESH_CONFIG, an endpoint's user:password): redacted
+        # wherever they appear, as in logs.
+        policy = _redacted(snapshot.policy.model_dump(mode="json"))
+        settings = _redacted(runtime.settings.model_dump(mode="json"))
         for name in _SECRET_SETTINGS:
             settings[name] = "<set>" if settings.get(name) is not None else None
         if settings.get("policy"):
@@ -124,9 +128,20 @@ class Admin:
                 "service": runtime.settings.service,
                 "spiffe_id": runtime.settings.spiffe_id,
                 "policy_version": snapshot.version,
-                "source": snapshot.source,
+                "source": redact(snapshot.source) if snapshot.source else None,
                 "policy": policy,
                 "origin": {path: snapshot.origin_of(path) for path, _ in _leaves(policy)},
                 "settings": settings,
             },
         )
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` (parsed JSON) with credentials redacted from every string in it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value

@@ -76,6 +76,26 @@ def test_config_from_loopback_without_admin_token(make_shell) -> None:
     assert "svc-token-xyz" not in response.text
 
 
+def test_config_never_shows_url_credentials(make_shell) -> None:
+    shell = make_shell(
+        service="orders",
+        # Port 9 on loopback refuses at once; serverless mode keeps it from being retried.
+        config="http://ops:config-pw@127.0.0.1:9/?refresh=1h",
+        upstreams="payments=http://svc:upstream-pw@127.0.0.1:9",
+        policy=json.dumps(
+            {"services": {"ledger": {"endpoints": ["http://ops:policy-pw@127.0.0.1:9"]}}}
+        ),
+    )
+    response = shell.get("/_mesh/config")
+    assert response.status_code == 200
+    for secret in ("config-pw", "upstream-pw", "policy-pw"):
+        assert secret not in response.text
+    body = response.json()
+    assert body["settings"]["upstreams"] == "payments=http://<redacted>@127.0.0.1:9"
+    assert body["policy"]["services"]["ledger"]["endpoints"] == ["http://<redacted>@127.0.0.1:9"]
+    assert body["settings"]["config"] == "http://<redacted>@127.0.0.1:9/?refresh=1h"
+
+
 def test_config_from_ipv6_loopback(make_shell) -> None:
     assert make_shell().get("/_mesh/config", client="::1").status_code == 200
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import httpx
@@ -167,6 +168,53 @@ async def test_websocket_scope_passes_through_untouched(make_runtime) -> None:
 
     await MeshMiddleware(app, runtime=make_runtime())(scope, receive, send)
     assert calls == [(scope, receive, send, None)]
+
+
+async def test_a_failing_request_leaves_no_reference_cycle(make_runtime) -> None:
+    """An app error must not leave garbage for the cyclic collector (exception -> traceback ->
+    the middleware's frame -> exception): under a stream of failing requests collecting it
+    cost more than everything else the mesh does for them (bench_app_errors.py)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    middleware = MeshMiddleware(app, runtime=make_runtime(service="web"))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/boom",
+        "raw_path": b"/boom",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"mesh.test")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def fail_many(target: Any) -> int:
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                with pytest.raises(RuntimeError):
+                    await target(dict(scope), receive, send)
+            return gc.collect()
+        finally:
+            gc.enable()
+
+    with structlog.testing.capture_logs():
+        await fail_many(middleware)  # warm-up: first-use caches
+        bare, meshed = await fail_many(app), await fail_many(middleware)
+    assert meshed == bare == 0
 
 
 async def test_app_exception_is_reraised_unchanged_and_logged(make_runtime) -> None:
