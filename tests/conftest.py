@@ -48,11 +48,29 @@ def _clean_mesh_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         runtime.close()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now, never handed out before in this
+    session (so two servers of one run never race for a port one of them just let go).
+
+    For what cannot take an already-bound socket (etcd, a subprocess's ``--port``) or must find
+    nothing listening. In-process servers bind first instead (``asgimesh.testing``), and
+    :meth:`Spawner.start` picks another port if a process loses the race for this one.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port after 100 tries")
+
+
+class PortTakenError(RuntimeError):
+    """A server process could not bind the port it was given: another process took it."""
 
 
 def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -62,6 +80,31 @@ def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the loopback TCP sockets listening on ``port`` (Linux ``/proc/net/tcp``)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _group_pids(group: int) -> list[int]:
+    """The processes of the process group ``group`` (servers start in a session of their own)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rpartition(")")[2].split()[2]) == group:
+                    pids.append(int(entry))
+    return pids
 
 
 class ServerProcess:
@@ -92,20 +135,42 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                output = self.output()
+                if "address already in use" in output.lower():
+                    raise PortTakenError(f"{self.args!r}: port {self.port} was taken")
                 raise RuntimeError(
-                    f"{self.args!r} exited with {self.proc.returncode}:\n{self.output()[-4000:]}"
+                    f"{self.args!r} exited with {self.proc.returncode}:\n{output[-4000:]}"
                 )
             try:
                 if path is None:
                     with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                        return
+                        pass
                 else:
                     httpx.get(self.url + path, timeout=0.5)
+                if self._owns_port():
                     return
             except (OSError, httpx.HTTPError):
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.args!r} not ready in {timeout}s:\n{self.output()[-4000:]}")
+
+    def _owns_port(self) -> bool:
+        """Whether the socket listening on the port belongs to this process (or its group:
+        gunicorn's workers, a server a CLI started). Something else answering there (another
+        process that won the race for the port) must not pass for this server. Where ``/proc``
+        is missing (not Linux) the answer is yes."""
+        if not os.path.exists("/proc/net/tcp"):
+            return True
+        listening = _listening_inodes(self.port)
+        for pid in _group_pids(self.proc.pid):
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        if link.startswith("socket:[") and link[8:-1] in listening:
+                            return True
+        return False
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL after 5 s."""
@@ -143,13 +208,22 @@ class Spawner:
         ready_path: str | None = None,
         timeout: float = 20.0,
     ) -> ServerProcess:
-        """Start ``args`` (``{port}`` in them is replaced) and wait until it serves."""
-        port = port or free_port()
-        argv = [a.replace("{port}", str(port)) for a in args]
-        server = ServerProcess(argv, port, subprocess_env(env), self.tmp_path)
-        self.processes.append(server)
-        server.wait_ready(timeout, ready_path)
-        return server
+        """Start ``args`` (``{port}`` in them is replaced) and wait until it serves. A port
+        chosen here that another process took meanwhile is replaced by a fresh one."""
+        tries = 1 if port else 3
+        for attempt in range(tries):
+            chosen = port or free_port()
+            argv = [a.replace("{port}", str(chosen)) for a in args]
+            server = ServerProcess(argv, chosen, subprocess_env(env), self.tmp_path)
+            self.processes.append(server)
+            try:
+                server.wait_ready(timeout, ready_path)
+            except PortTakenError:
+                if attempt == tries - 1:
+                    raise
+                continue
+            return server
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def uvicorn(
         self,
