@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 
 __all__ = [
     "SERVICE_NAME",
     "bearer_token",
     "is_service_name",
+    "new_id",
     "new_span_id",
     "parse_deadline_ms",
     "parse_envoy_timeout_ms",
@@ -114,8 +116,13 @@ def parse_grpc_timeout(value: str | None) -> float | None:
     return int(digits) * _GRPC_UNITS[unit]
 
 
+def new_id(bits: int, randbits: Callable[[int], int] = random.getrandbits) -> str:
+    """A W3C id of ``bits`` bits (128: trace and request ids, 64: span ids) as lower-case hex,
+    never all zeros. From ``random.getrandbits`` (reseeded after fork) by default: ids must be
+    unique, not secret, and ``os.urandom`` would cost a system call on every request."""
+    return (randbits(bits) or 1).to_bytes(bits // 8, "big").hex()
+
+
 def new_span_id() -> str:
-    """A W3C span id (never all zeros), made as the inbound core makes its ids: from
-    ``random.getrandbits`` (reseeded after fork), since ids must be unique, not secret, and
-    ``os.urandom`` would cost a system call on every outbound call."""
-    return (random.getrandbits(64) or 1).to_bytes(8, "big").hex()
+    """A W3C span id: :func:`new_id` of 64 bits."""
+    return new_id(64)

@@ -7,6 +7,8 @@ import pytest
 from asgimesh._wire import (
     bearer_token,
     is_service_name,
+    new_id,
+    new_span_id,
     parse_request_id,
     parse_traceparent,
     parse_tracestate,
@@ -64,3 +66,10 @@ def test_header_parsers_refuse_a_trailing_newline() -> None:
         "b7ad6b7169203331",
         "01",
     )
+
+
+def test_new_id_is_hex_of_the_width_asked_and_never_zero() -> None:
+    assert new_id(128, lambda bits: 0) == "0" * 31 + "1"
+    assert new_id(64, lambda bits: 2**bits - 1) == "f" * 16
+    assert len(new_id(128)) == 32 and len(new_span_id()) == 16
+    assert new_span_id() != new_span_id()

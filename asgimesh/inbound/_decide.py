@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._context import MeshContext
 from .._wire import (
+    new_id,
     parse_deadline_ms,
     parse_envoy_timeout_ms,
     parse_grpc_timeout,
@@ -232,14 +233,13 @@ class InboundCore:
 
     def context(self, fields: Mapping[str, str], now: float) -> MeshContext:
         """The request's mesh context from its headers; anything malformed counts as absent."""
-        # Runs for every request: parsers are called only for headers that came, and ids are
-        # made inline (random bits, never all zero as W3C requires, as lower-case hex).
+        # Runs for every request: parsers are called only for headers that came.
         randbits = self._randbits
         request_id = fields.get("x-request-id")
         if request_id is not None:
             request_id = parse_request_id(request_id)
         if request_id is None:
-            request_id = (randbits(128) or 1).to_bytes(16, "big").hex()
+            request_id = new_id(128, randbits)
         parent = fields.get("traceparent")
         parsed = parse_traceparent(parent) if parent is not None else None
         if parsed is not None:
@@ -249,12 +249,12 @@ class InboundCore:
             if tracestate is not None:
                 tracestate = parse_tracestate(tracestate)
         else:
-            trace_id = (randbits(128) or 1).to_bytes(16, "big").hex()
+            trace_id = new_id(128, randbits)
             parent_span_id, flags, tracestate = None, "01", None
         return MeshContext(
             request_id=request_id,
             trace_id=trace_id,
-            span_id=(randbits(64) or 1).to_bytes(8, "big").hex(),
+            span_id=new_id(64, randbits),
             trace_flags=flags,
             tracestate=tracestate,
             deadline=_deadline(fields, now) if fields else None,
