@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 
 __all__ = [
+    "HTTP_METHODS",
     "SERVICE_NAME",
     "bearer_token",
     "is_service_name",
@@ -23,6 +24,12 @@ __all__ = [
     "parse_traceparent",
     "parse_tracestate",
 ]
+
+#: The methods of RFC 9110 (and PATCH, RFC 5789): what metrics label and policy rules name; any
+#: other method counts as ``_OTHER``, so made-up methods cannot grow label sets.
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
 
 # Matched with ``fullmatch``: ``$`` would also match before a trailing newline.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -48,6 +55,8 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not credentials:
         return None
     return credentials
+
+
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 

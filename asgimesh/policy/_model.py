@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .._durations import parse_duration
+from .._wire import HTTP_METHODS
 
 __all__ = [
     "AuthorizationRule",
@@ -63,9 +64,6 @@ def _retry_condition(value: object) -> str | int:
 
 #: ``connect-failure``, ``reset`` or an HTTP status (400-599) that makes a try worth retrying.
 RetryCondition = Annotated[str | int, BeforeValidator(_retry_condition)]
-HTTP_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
-)
 
 
 class _Model(BaseModel):

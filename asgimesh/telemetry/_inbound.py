@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._context import MeshContext
 from .._log import bounded, describe_error, get_logger
+from .._wire import HTTP_METHODS
 from ._otel import ServerSpans, SpanScope
 
 if TYPE_CHECKING:
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["InboundTelemetry", "asgi_route"]
 
-_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
-)
 
 access_log = get_logger("asgimesh.access")
 error_log = get_logger("asgimesh.inbound")
@@ -63,7 +61,7 @@ class InboundTelemetry:
     def _child(self, method: str, status: int) -> Any:
         """The counter for a pair not cached yet. Only known methods are cached: a client that
         sends made-up methods must not grow this dict (they all count as ``_OTHER``)."""
-        label = method if method in _METHODS else "_OTHER"
+        label = method if method in HTTP_METHODS else "_OTHER"
         child = self._counter.labels(self.service, label, str(status))
         if label == method:
             self._children[method, status] = child
@@ -101,7 +99,7 @@ class InboundTelemetry:
                 "app_error",
                 error_type=kind,
                 message=message,
-                method=method if method in _METHODS else "_OTHER",
+                method=method if method in HTTP_METHODS else "_OTHER",
                 **({"route": route} if route is not None else {"path": bounded(exchange.path)}),
                 status=status,
                 request_id=context.request_id,
@@ -113,7 +111,7 @@ class InboundTelemetry:
                 trace_id=context.trace_id,
                 span_id=context.span_id,
                 request_id=context.request_id,
-                method=method if method in _METHODS else "_OTHER",
+                method=method if method in HTTP_METHODS else "_OTHER",
                 path=bounded(exchange.path, 1000),
                 status=status,
                 duration_ms=round(duration * 1000, 3),

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..__version__ import __version__
 from .._context import MeshContext
+from .._wire import HTTP_METHODS
 
 __all__ = ["ServerSpans", "SpanScope"]
 
@@ -125,16 +126,11 @@ class ServerSpans:
 
 
 def _method_attributes(method: str, attributes: dict[str, Any]) -> None:
-    if method in _KNOWN_METHODS:
+    if method in HTTP_METHODS:
         attributes["http.request.method"] = method
     else:
         attributes["http.request.method"] = "_OTHER"
         attributes["http.request.method_original"] = method
-
-
-_KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
-)
 
 
 def scope_attributes(scope: Any) -> dict[str, Any]:
