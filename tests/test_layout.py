@@ -131,3 +131,26 @@ def test_a_runtime_following_a_control_plane_leaves_the_server_unimported(config
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["source"] == "ControlPlaneSource"
     assert seen["controlplane"] == []
+
+
+SUBPACKAGES = ("inbound", "outbound", "policy", "identity", "telemetry", "controlplane", "cli")
+
+
+def _subpackage_files() -> list[Path]:
+    return [path for package in SUBPACKAGES for path in sorted((PACKAGE / package).rglob("*.py"))]
+
+
+@pytest.mark.parametrize("path", _subpackage_files(), ids=lambda p: _module_name(p))
+def test_subpackages_use_each_others_public_names(path: Path) -> None:
+    """``from ..policy import InboundPolicy``, not ``from ..policy._model import ...``: a
+    package's private modules may move without its siblings noticing. The neutral top-level
+    modules (``asgimesh._log``, ``asgimesh._wire``, ...) are shared by all and exempt."""
+    own = _module_name(path).split(".")[1]
+    bad = []
+    for target in _imports(path):
+        parts = target.split(".")
+        if len(parts) >= 3 and parts[0] == "asgimesh" and parts[1] in SUBPACKAGES:
+            private = any(p.startswith("_") and not p.startswith("__") for p in parts[2:])
+            if parts[1] != own and private:
+                bad.append(target)
+    assert sorted(set(bad)) == [], f"{_module_name(path)} imports private {sorted(set(bad))}"

@@ -78,8 +78,7 @@ def serve_command(args: argparse.Namespace) -> int:
 def _serve_asgi(args: argparse.Namespace, runtime: Any) -> int:
     import uvicorn
 
-    from ..inbound import MeshMiddleware
-    from ..inbound._tls_handoff import uvicorn_protocol
+    from ..inbound import MeshMiddleware, uvicorn_protocol
 
     app = _import(args.app)
     if not carries_mesh(app):
@@ -109,7 +108,7 @@ def _serve_asgi(args: argparse.Namespace, runtime: Any) -> int:
 
 def _server_context(runtime: Any) -> Any:
     from .._errors import ConfigError
-    from ..identity._tls import server_context
+    from ..identity import server_context
 
     if runtime.identity.wait(IDENTITY_WAIT) is None:
         source = runtime.identity_source.name if runtime.identity_source else "none"

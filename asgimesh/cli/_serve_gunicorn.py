@@ -5,7 +5,7 @@ runtime (policy watcher, identity renewal) when it loads the app, as a worker st
 would; the master only checks the settings and, with ``MESH_MTLS``, that an identity can be had.
 Each worker's TLS context comes from its own identity store, so rotations reach its new
 handshakes; the client certificate gunicorn verified reaches the middleware through
-:class:`~asgimesh.inbound._tls_handoff.WSGIPeerChain`.
+:class:`~asgimesh.inbound.WSGIPeerChain`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ class _MeshApplication(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         from .. import _runtime
-        from ..inbound import MeshWSGIMiddleware
-        from ..inbound._tls_handoff import WSGIPeerChain
+        from ..inbound import MeshWSGIMiddleware, WSGIPeerChain
         from ._serve import _import, carries_mesh
 
         _runtime.set_runtime(None)  # the master's runtime has no threads in this worker

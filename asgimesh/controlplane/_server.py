@@ -35,9 +35,13 @@ from .._errors import PolicyError
 from .._etcd import EtcdError
 from .._log import bounded, describe_error, get_logger
 from ..identity import CertificateRequestError, MeshCA
-from ..policy import parse_document, validate_document
-from ..policy._load import format_for, format_validation_error
-from ..policy._signed import sign_policy
+from ..policy import (
+    format_for,
+    format_validation_error,
+    parse_document,
+    sign_policy,
+    validate_document,
+)
 from ._board import VersionBoard
 from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
 from ._keys import load_admin_token, load_keys

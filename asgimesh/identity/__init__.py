@@ -14,9 +14,17 @@ from ._ca import (
     verify_issued_by,
 )
 from ._sources import IdentitySource, identity_source_for
-from ._spiffe import control_plane_id, id_matches, is_spiffe_id, service_id
+from ._spiffe import (
+    control_plane_id,
+    id_matches,
+    is_spiffe_id,
+    service_id,
+    trust_domain_of,
+    uri_sans,
+)
 from ._store import IdentityFiles, IdentityStore
 from ._svid import X509SVID, IdentityError, parse_svid, verify_chain
+from ._tls import MeshClientContext, server_context
 
 __all__ = [
     "X509SVID",
@@ -26,6 +34,7 @@ __all__ = [
     "IdentitySource",
     "IdentityStore",
     "MeshCA",
+    "MeshClientContext",
     "control_plane_id",
     "id_matches",
     "identity_source_for",
@@ -33,7 +42,10 @@ __all__ = [
     "is_spiffe_id",
     "load_bundle",
     "parse_svid",
+    "server_context",
     "service_id",
+    "trust_domain_of",
+    "uri_sans",
     "verify_chain",
     "verify_issued_by",
 ]

@@ -16,8 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from ..policy import PolicySnapshot
-from ..policy._model import InboundPolicy
+from ..policy import InboundPolicy, PolicySnapshot
 from ._answers import Answer, json_answer
 from ._authentication import TrustedProxies
 from ._authorization import Authorizer

@@ -17,8 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .._runtime import MeshRuntime, get_runtime
-from ..telemetry._inbound import asgi_route
-from ..telemetry._otel import scope_attributes
+from ..telemetry import asgi_route, scope_attributes
 from ._answers import Answer
 from ._decide import InboundCore, asgi_fields
 from ._exchange import RESPONSE_HEADER, InboundExchange

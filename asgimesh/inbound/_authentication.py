@@ -28,8 +28,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from ..identity import is_spiffe_id, verify_chain
-from ..identity._spiffe import trust_domain_of, uri_sans
+from ..identity import is_spiffe_id, trust_domain_of, uri_sans, verify_chain
 
 __all__ = [
     "REASONS",

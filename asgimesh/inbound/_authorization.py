@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..policy._model import AuthorizationRule
+from ..policy import AuthorizationRule
 
 __all__ = ["Authorizer", "compile_rule"]
 

@@ -42,7 +42,7 @@ from ._exchange import InboundExchange
 
 if TYPE_CHECKING:
     from .._runtime import MeshRuntime
-    from ..telemetry._inbound import InboundTelemetry
+    from ..telemetry import InboundTelemetry
     from ._admission import InboundAdmission
     from ._authentication import Authenticator
     from ._limits import ConcurrencyGate
@@ -144,7 +144,7 @@ class InboundCore:
     def for_runtime(cls, runtime: MeshRuntime) -> InboundCore:
         """The core of a middleware on ``runtime``: its admin paths, the runtime's one
         admission (shared by every middleware on it) and telemetry of its own."""
-        from ..telemetry._inbound import InboundTelemetry
+        from ..telemetry import InboundTelemetry
 
         mtls = runtime.settings.mtls
         return cls(

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._context import MeshContext, _current
 
 if TYPE_CHECKING:
-    from ..telemetry._inbound import InboundTelemetry
-    from ..telemetry._otel import SpanScope
+    from ..telemetry import InboundTelemetry, SpanScope
     from ._answers import Answer
     from ._limits import ConcurrencyGate
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._context import _current
 from .._runtime import MeshRuntime, get_runtime
-from ..telemetry._otel import environ_attributes
+from ..telemetry import environ_attributes
 from ._decide import InboundCore, environ_fields
 from ._exchange import RESPONSE_HEADER, InboundExchange
 

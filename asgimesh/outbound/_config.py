@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..policy._model import (
+from ..policy import (
     Defaults,
     Fault,
     OutlierDetection,

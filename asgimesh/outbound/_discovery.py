@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-from ..policy._model import parse_dns_target
+from ..policy import parse_dns_target
 
 __all__ = ["REFRESH", "RETRY", "DnsRecords", "addresses"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..policy._model import OutlierDetection
+from ..policy import OutlierDetection
 from ._endpoint import Endpoint
 
 __all__ = ["OutlierRules", "record_failure", "record_success", "return_due"]

@@ -1,7 +1,18 @@
 """Telemetry: Prometheus metrics, the structlog access log, optional OpenTelemetry spans, and
 the per-instance summary a service reports to the control plane."""
 
+from ._inbound import InboundTelemetry, asgi_route
 from ._metrics import CONTENT_TYPE, MeshMetrics
+from ._otel import SpanScope, environ_attributes, scope_attributes
 from ._summary import InstanceReport
 
-__all__ = ["CONTENT_TYPE", "InstanceReport", "MeshMetrics"]
+__all__ = [
+    "CONTENT_TYPE",
+    "InboundTelemetry",
+    "InstanceReport",
+    "MeshMetrics",
+    "SpanScope",
+    "asgi_route",
+    "environ_attributes",
+    "scope_attributes",
+]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ...policy._signed import PolicyRecord
+from ...policy import PolicyRecord
 
 __all__ = ["PolicyRecord", "Store"]
 

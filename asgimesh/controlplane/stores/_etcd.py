@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from ..._etcd import EtcdError, EtcdPolicyReader
-from ...policy._signed import PolicyRecord
+from ...policy import PolicyRecord
 
 __all__ = ["EtcdStore"]
 
