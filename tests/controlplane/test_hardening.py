@@ -123,6 +123,7 @@ def test_the_roll_up_survives_any_stored_report(
         report(instance="huge-2", requests_per_second=1e308, p99_ms=float("inf")),
         report(instance="nan", success_rate=float("nan"), policy_version="7"),
         report(instance="\ud800", p50_ms=-1),
+        report(instance="\udc00-stored"),  # sound numbers, but no Unicode name
         {"instance": "no-service"},
         report(instance="strings", requests="many", p50_ms=[1]),
     ]
@@ -134,8 +135,9 @@ def test_the_roll_up_survives_any_stored_report(
     services = http.get("/v1/services")
     assert services.status_code == 200, services.text
     (row,) = [s for s in services.json()["services"] if s["service"] == "payments"]
-    assert "good" in {i["instance"] for i in row["instances"]}
-    assert not {"huge-1", "huge-2", "nan", "no-service"} & {i["instance"] for i in row["instances"]}
+    shown = {i["instance"] for i in row["instances"]}
+    assert "good" in shown
+    assert not {"huge-1", "huge-2", "nan", "no-service", "\udc00-stored"} & shown
 
 
 # -- 12.7: 500s with tracebacks where a 4xx is due ----------------------------------------------
