@@ -13,7 +13,10 @@ import re
 __all__ = ["parse_duration"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+# ASCII digits only: ``\d`` would also take "²" (float() refuses it) and other scripts' digits.
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.ASCII)
+#: Longer text is no duration anyone writes; refusing it first bounds the work of a refusal.
+_MAX_TEXT = 64
 
 EXPECTED = 'a duration ("250ms", "2s", "1m" or a number of seconds)'
 
@@ -26,9 +29,12 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected {EXPECTED}, got {_show(value)}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int of 400 digits (JSON and YAML allow it)
+            seconds = math.inf
     elif isinstance(value, str):
-        match = _PATTERN.match(value)
+        match = _PATTERN.match(value) if len(value) <= _MAX_TEXT else None
         if match is None:
             raise ValueError(f"expected {EXPECTED}, got {_show(value)}")
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
@@ -41,6 +47,7 @@ def parse_duration(value: object) -> float:
 
 def _show(value: object) -> str:
     try:
-        return json.dumps(value)
+        text = json.dumps(value)
     except (TypeError, ValueError):
-        return repr(value)
+        text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."

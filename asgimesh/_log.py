@@ -23,11 +23,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["MeshLogger", "describe_error", "get_logger", "redact"]
+__all__ = ["MeshLogger", "Throttle", "describe_error", "get_logger", "redact"]
 
 #: The longest exception message or path the mesh writes into one event.
 MAX_TEXT = 200
@@ -130,3 +133,44 @@ def describe_error(error: BaseException, limit: int = MAX_TEXT) -> tuple[str, st
         message = _CUT_URL.sub(r"\1…", message[:limit])
     message = " ".join(redact(message).split())
     return kind, bounded(message + ("…" if cut else ""), limit)
+
+
+class Throttle:
+    """Admits at most ``burst`` events per key in each ``period`` seconds and counts the rest.
+
+    For errors that repeat per request or per ``accept()``: when a server runs out of file
+    descriptors every attempt fails the same way (issue 12 counted 131k EMFILE tracebacks in a
+    minute), and a log that grows that fast becomes the next outage. The first events of each
+    window are kept, and the next one admitted says how many were dropped in between. Keys are
+    bounded too: past ``max_keys`` distinct ones, the rest share one. Thread-safe (stdlib log
+    filters run on whichever thread logs).
+    """
+
+    def __init__(
+        self,
+        burst: int = 10,
+        period: float = 10.0,
+        max_keys: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst, self.period, self.max_keys = burst, period, max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: key -> [window start, events admitted in the window, events dropped since the last]
+        self._keys: dict[str, list[float]] = {}
+
+    def admit(self, key: str) -> int | None:
+        """``None`` to drop this event; else how many of ``key``'s were dropped before it."""
+        now = self._clock()
+        with self._lock:
+            if key not in self._keys and len(self._keys) >= self.max_keys:
+                key = "(other)"
+            state = self._keys.setdefault(key, [now, 0, 0])
+            if now - state[0] >= self.period:
+                state[0], state[1] = now, 0
+            if state[1] >= self.burst:
+                state[2] += 1
+                return None
+            state[1] += 1
+            dropped, state[2] = int(state[2]), 0
+            return dropped

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
+from typing import TypeGuard
 
 __all__ = [
     "HTTP_METHODS",
@@ -42,7 +43,7 @@ SERVICE_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?"
 _SERVICE_NAME = re.compile(SERVICE_NAME)
 
 
-def is_service_name(value: object) -> bool:
+def is_service_name(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a string that is a valid service or namespace name."""
     return isinstance(value, str) and _SERVICE_NAME.fullmatch(value) is not None
 

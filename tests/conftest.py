@@ -434,13 +434,13 @@ class ControlPlaneStarter:
         store: str | None = None,
         state_dir: Path | None = None,
         port: int | None = None,
+        launcher: Sequence[str] = (sys.executable, "-m", "asgimesh"),
     ) -> ServerProcess:
+        """``launcher`` is what runs ``asgimesh`` (a wrapper may set limits first)."""
         self._count += 1
         state = state_dir or self._tmp_path / f"cp{self._count}"
         args = [
-            sys.executable,
-            "-m",
-            "asgimesh",
+            *launcher,
             "control-plane",
             "--port",
             "{port}",

@@ -53,6 +53,26 @@ def register(commands: Any) -> None:
     server.add_argument(
         "--store-wait", default="10s", help="how long to wait for the store at start (10s)"
     )
+    server.add_argument(
+        "--limit-concurrency",
+        type=_positive,
+        default=None,
+        help="connections and requests served at once; past it uvicorn answers 503 "
+        "(default: the open-files limit less 64, at most 4096)",
+    )
+    server.add_argument(
+        "--max-parked-polls",
+        type=_positive,
+        default=None,
+        help="long polls parked at once; past it a poll gets 503 and Retry-After "
+        "(default: half of --limit-concurrency, at most 1024)",
+    )
+    server.add_argument(
+        "--max-parked-per-client",
+        type=_positive,
+        default=None,
+        help="long polls one client address may park (default: a quarter of --max-parked-polls)",
+    )
     server.add_argument("--log-format", choices=["json", "console"], default="json")
     server.set_defaults(handler=control_plane_command)
 
@@ -71,14 +91,38 @@ def register(commands: Any) -> None:
     status.set_defaults(handler=status_command)
 
 
+def _positive(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 9 or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+    return int(text)
+
+
+def _default_concurrency() -> int:
+    """What the open-files limit allows, less a margin for the store, the listening socket and
+    the log: past the limit ``accept()`` fails (EMFILE) and every caller times out, whereas
+    uvicorn's ``limit_concurrency`` answers the caller 503 and closes the connection."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 1024
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, soft - 64))
+
+
 def control_plane_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .._errors import ConfigError
-    from .._logging import configure_logging
+    from .._logging import configure_logging, throttle_server_logs
     from ..controlplane import ControlPlaneConfig, create_app
 
     configure_logging(args.log_format)
+    throttle_server_logs()
+    concurrency = args.limit_concurrency or _default_concurrency()
+    parked = args.max_parked_polls or max(1, min(1024, concurrency // 2))
+    per_client = args.max_parked_per_client or max(1, parked // 4)
     try:
         max_wait, stale_after = parse_duration(args.max_wait), parse_duration(args.stale_after)
         store_wait = parse_duration(args.store_wait)
@@ -91,6 +135,8 @@ def control_plane_command(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain or os.environ.get("MESH_TRUST_DOMAIN") or "mesh.local",
         max_wait=max_wait,
         stale_after=stale_after,
+        max_parked_polls=parked,
+        max_parked_per_client=per_client,
     )
     app = create_app(config)
     problem = anyio.run(_probe_store, open_store(config.store, config.state_dir), store_wait)
@@ -104,6 +150,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=1,
+        limit_concurrency=concurrency,
     )
     return 0
 

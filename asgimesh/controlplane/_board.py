@@ -8,12 +8,13 @@ once. The answer body is rendered once per version and shared by every waiter it
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import anyio
 
 from .stores import PolicyRecord
 
-__all__ = ["VersionBoard"]
+__all__ = ["PollSlots", "VersionBoard"]
 
 
 class VersionBoard:
@@ -47,3 +48,44 @@ class VersionBoard:
                     return record
                 await self._changed.wait()
         return None
+
+
+class PollSlots:
+    """Bounds how many long polls are parked at once, overall and per client address.
+
+    A parked poll holds a socket (a file descriptor) for up to ``max_wait`` seconds and costs
+    the caller nothing, so without a bound anyone who can reach the port can hold them all
+    (issue 12: 20,000 polls took the control plane to its fd limit). The per-client share keeps
+    one address from taking the whole bound: others still get a slot while it is refused.
+    Plain counters: they are only touched from the event loop, between awaits.
+    """
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.parked = 0
+        self._by_client: dict[str, int] = {}
+
+    def hold(self, client: str) -> Callable[[], None] | None:
+        """Take a slot for ``client``: the function that gives it back (calling it twice gives
+        it back once), or ``None`` when the total or the client's share is used up."""
+        held = self._by_client.get(client, 0)
+        if self.parked >= self.total or held >= self.per_client:
+            return None
+        self.parked += 1
+        self._by_client[client] = held + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.parked -= 1
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
+
+        return release

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import math
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -23,17 +22,19 @@ from typing import Any
 
 import anyio
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .._durations import parse_duration
 from .._errors import PolicyError
 from .._etcd import EtcdError
-from .._log import bounded, describe_error, get_logger
+from .._log import Throttle, bounded, describe_error, get_logger
+from .._wire import bearer_token, is_service_name
 from ..identity import CertificateRequestError, MeshCA
 from ..policy import (
     format_for,
@@ -42,18 +43,21 @@ from ..policy import (
     sign_policy,
     validate_document,
 )
-from ._board import VersionBoard
+from ._board import PollSlots, VersionBoard
 from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
+from ._inputs import MAX_VERSION, ApiError, ApiJSONResponse, json_value, show, whole_number
 from ._keys import load_admin_token, load_keys
-from ._rollup import roll_up
+from ._rollup import Report, roll_up
 from .stores import PolicyRecord, Store, open_store
 
 __all__ = ["ControlPlaneConfig", "create_app", "token_digest"]
 
 log = get_logger("asgimesh.controlplane")
+#: Errors that can repeat per request (a store down, a bug on a hot path) log a bounded number
+#: of lines; the next line that gets through says how many were dropped.
+_error_log = Throttle()
 
 MAX_BODY = 1 << 20
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 PEM = "application/x-pem-file"
 NDJSON = "application/x-ndjson"
 
@@ -68,6 +72,12 @@ class ControlPlaneConfig:
     max_wait: float = 60.0
     #: An instance that has not reported for this long is dropped from ``/v1/services``.
     stale_after: float = 60.0
+    #: Long polls parked at once; past this a poll is answered 503 with ``Retry-After``.
+    max_parked_polls: int = 1024
+    #: Of those, how many one client address may hold.
+    max_parked_per_client: int = 256
+    #: Seconds a poll refused for want of a slot is told to wait (``Retry-After``).
+    poll_retry_after: int = 5
 
 
 def token_digest(token: str) -> str:
@@ -75,24 +85,19 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class ApiError(HTTPException):
-    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
-        super().__init__(status, detail)
-        self.error = error
-        self.extra = extra
+class _HeldStream(StreamingResponse):
+    """A streamed long poll that gives its parking slot back however it ends: all sent, the
+    client gone, or the server shutting down."""
 
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kw: Any):
+        super().__init__(content, **kw)
+        self._release = release
 
-class _Report(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    service: str = Field(pattern=_NAME.pattern)
-    instance: str = Field(min_length=1, max_length=200)
-    policy_version: int = Field(ge=0)
-    requests: int = Field(default=0, ge=0)
-    requests_per_second: float = Field(default=0.0, ge=0)
-    success_rate: float | None = Field(default=None, ge=0, le=1)
-    p50_ms: float | None = Field(default=None, ge=0)
-    p99_ms: float | None = Field(default=None, ge=0)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 class ControlPlane:
@@ -104,6 +109,7 @@ class ControlPlane:
         self.admin_token = config.admin_token or ""
         self.ca: MeshCA | None = None
         self.board: VersionBoard | None = None
+        self.polls = PollSlots(config.max_parked_polls, config.max_parked_per_client)
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -140,12 +146,12 @@ class ControlPlane:
     # -- helpers --------------------------------------------------------------------------------
 
     def _bearer(self, request: Request) -> str:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
             raise ApiError(
                 401, "unauthorized", "expected an 'Authorization: Bearer <token>' header"
             )
-        return token.strip()
+        return token
 
     def _is_admin(self, token: str) -> bool:
         return bool(self.admin_token) and hmac.compare_digest(
@@ -175,11 +181,7 @@ class ControlPlane:
         return bytes(body)
 
     async def _json_object(self, request: Request) -> dict[str, Any]:
-        raw = await self._body(request)
-        try:
-            data = json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad_json", f"expected a JSON object: {exc}") from None
+        data = json_value(await self._body(request))
         if not isinstance(data, dict):
             raise ApiError(400, "bad_json", f"expected a JSON object, got {type(data).__name__}")
         return data
@@ -206,26 +208,60 @@ class ControlPlane:
 
     async def get_policy(self, request: Request) -> Response:
         assert self.board is not None
-        after = _int_param(request, "after")
+        after = whole_number(request.query_params.get("after"), "after")
         wait = _wait_param(request, self.config.max_wait)
         if after is None:
             if self.board.record is None:
                 raise ApiError(404, "no_policy", "no policy version has been stored yet")
             if request.headers.get("if-none-match") == f'"{self.board.version}"':
                 return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
-        elif self.board.version <= after and (
-            wait <= 0 or await self._wait_newer(request, after, wait) is None
-        ):
-            return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
-        version, body = self.board.version, self.board.body
-        headers = {"etag": f'"{version}"', "cache-control": "no-cache"}
-        if after is not None and wait > 0 and NDJSON in request.headers.get("accept", ""):
-            return StreamingResponse(
-                self._stream(body, version, anyio.current_time() + wait),
-                media_type=NDJSON,
-                headers=headers,
+            return self._current()
+        if wait <= 0:
+            return self._current() if self.board.version > after else self._not_modified()
+        if self.board.version > after and NDJSON not in request.headers.get("accept", ""):
+            return self._current()  # answered at once: no need for a slot
+        return await self._long_poll(request, after, wait)
+
+    async def _long_poll(self, request: Request, after: int, wait: float) -> Response:
+        """The parked part of ``GET /v1/policy``, holding one of :attr:`polls` throughout."""
+        assert self.board is not None
+        client = request.client.host if request.client is not None else ""
+        release = self.polls.hold(client)
+        if release is None:
+            retry = str(self.config.poll_retry_after)
+            raise ApiError(
+                503,
+                "busy",
+                f"too many long polls are parked (at most {self.polls.total}, "
+                f"{self.polls.per_client} per client); retry in {retry} s",
+                headers={"retry-after": retry},
             )
-        return Response(body, media_type="application/json", headers=headers)
+        try:
+            if self.board.version <= after and await self._wait_newer(request, after, wait) is None:
+                return self._not_modified()
+            if NDJSON not in request.headers.get("accept", ""):
+                return self._current()
+            version, body = self.board.version, self.board.body
+            stream = _HeldStream(
+                self._stream(body, version, anyio.current_time() + wait),
+                release,
+                media_type=NDJSON,
+                headers={"etag": f'"{version}"', "cache-control": "no-cache"},
+            )
+            release = None  # the stream gives the slot back once it is over
+            return stream
+        finally:
+            if release is not None:
+                release()
+
+    def _current(self) -> Response:
+        assert self.board is not None
+        headers = {"etag": f'"{self.board.version}"', "cache-control": "no-cache"}
+        return Response(self.board.body, media_type="application/json", headers=headers)
+
+    def _not_modified(self) -> Response:
+        assert self.board is not None
+        return Response(status_code=304, headers={"etag": f'"{self.board.version}"'})
 
     async def _stream(self, body: bytes, version: int, deadline: float) -> AsyncIterator[bytes]:
         """The long poll, kept open: one JSON line per version until the wait is over.
@@ -266,18 +302,19 @@ class ControlPlane:
         raw = await self._body(request)
         fmt = format_for("", request.headers.get("content-type"))
         try:
-            document = _plain_json(parse_document(raw, fmt, "request body"))
-            validate_document(document, "request body")
+            # In a worker thread: a large document takes a while to parse, and long polls, token
+            # checks and reports must keep being answered meanwhile.
+            document = await anyio.to_thread.run_sync(_checked_document, raw, fmt)
         except PolicyError as error:
             return _invalid(error.problems)
         record = await self._store_version(document, None)
-        return JSONResponse({"version": record.version})
+        return ApiJSONResponse({"version": record.version})
 
     async def history(self, request: Request) -> Response:
         self.require_admin(request)
-        limit = _int_param(request, "limit") or 100
+        limit = whole_number(request.query_params.get("limit"), "limit") or 100
         records = await self.store.history(min(limit, 1000))
-        return JSONResponse(
+        return ApiJSONResponse(
             {
                 "versions": [
                     {"version": r.version, "created": r.created, "note": r.note, "policy": r.policy}
@@ -290,9 +327,15 @@ class ControlPlane:
         self.require_admin(request)
         data = await self._json_object(request)
         target = data.get("version")
-        if not isinstance(target, int) or isinstance(target, bool) or target < 1:
+        if (
+            not isinstance(target, int)
+            or isinstance(target, bool)
+            or not 1 <= target <= MAX_VERSION
+        ):
             raise ApiError(
-                422, "invalid_request", f"version: expected a positive integer, got {target!r}"
+                422,
+                "invalid_request",
+                f"version: expected a whole number from 1 to {MAX_VERSION}, got {show(target)}",
             )
         old = await self.store.get(target)
         if old is None:
@@ -302,23 +345,16 @@ class ControlPlane:
         except PolicyError as error:
             return _invalid(error.problems)
         record = await self._store_version(old.policy, f"rollback to {target}")
-        return JSONResponse({"version": record.version, "rolled_back_to": target})
+        return ApiJSONResponse({"version": record.version, "rolled_back_to": target})
 
     async def create_token(self, request: Request) -> Response:
         self.require_admin(request)
         data = await self._json_object(request)
-        service, namespace = data.get("service"), data.get("namespace", "default")
-        for field, value in (("service", service), ("namespace", namespace)):
-            if not isinstance(value, str) or not _NAME.match(value):
-                raise ApiError(
-                    422,
-                    "invalid_request",
-                    f"{field}: expected a name of letters, digits, '.', '_' or '-', got {value!r}",
-                )
+        namespace, service = _service_of(data)
         token = "mst_" + secrets.token_urlsafe(32)
         await self.store.put_token(token_digest(token), f"{namespace}/{service}")
         log.info("service_token_created", service=service, namespace=namespace)
-        return JSONResponse({"token": token, "service": service, "namespace": namespace})
+        return ApiJSONResponse({"token": token, "service": service, "namespace": namespace})
 
     async def trust_bundle(self, request: Request) -> Response:
         assert self.ca is not None
@@ -331,15 +367,12 @@ class ControlPlane:
         csr = raw
         namespace_service = owner
         if request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                data = json.loads(raw or b"{}")
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiError(400, "bad_json", f"expected a JSON object: {exc}") from None
-            if not isinstance(data, dict):
-                raise ApiError(400, "bad_json", "expected a JSON object with a 'csr' field")
-            csr = str(data.get("csr", "")).encode()
-            if owner is None and isinstance(data.get("service"), str):
-                namespace_service = f"{data.get('namespace', 'default')}/{data['service']}"
+            data = json_value(raw or b"{}")
+            if not isinstance(data, dict) or not isinstance(data.get("csr", ""), str):
+                raise ApiError(400, "bad_json", "expected a JSON object with a 'csr' string")
+            csr = data.get("csr", "").encode()
+            if owner is None and "service" in data:
+                namespace_service = "/".join(_service_of(data))
         if namespace_service is None:
             raise ApiError(422, "invalid_request", "service: required with the admin token")
         namespace, _, service = namespace_service.partition("/")
@@ -355,7 +388,7 @@ class ControlPlane:
         owner = await self.require_service(request)
         data = await self._json_object(request)
         try:
-            report = _Report.model_validate(data)
+            report = Report.model_validate(data)
         except ValidationError as exc:
             problems = format_validation_error(exc)
             raise ApiError(422, "invalid_report", "; ".join(problems), problems=problems) from None
@@ -364,13 +397,13 @@ class ControlPlane:
                 403, "forbidden", f"this token reports for {owner!r}, not {report.service!r}"
             )
         await self.store.put_report(report.service, report.instance, report.model_dump())
-        return JSONResponse({"accepted": True})
+        return ApiJSONResponse({"accepted": True})
 
     async def services(self, request: Request) -> Response:
         assert self.board is not None
         reports = await self.store.reports(time.time() - self.config.stale_after)
         record = self.board.record
-        return JSONResponse(
+        return ApiJSONResponse(
             {
                 "policy_version": self.board.version,
                 "policy_created": record.created if record is not None else None,
@@ -382,18 +415,44 @@ class ControlPlane:
         return HTMLResponse(DASHBOARD_HTML, headers=DASHBOARD_HEADERS)
 
 
+def _service_of(data: Mapping[str, Any]) -> tuple[str, str]:
+    """``(namespace, service)`` from a request naming them, each a valid name: they end up in
+    a SPIFFE ID and a token's scope, where ``a b`` or ``x/../cp`` must never get."""
+    names = []
+    for field, value in (
+        ("namespace", data.get("namespace", "default")),
+        ("service", data.get("service")),
+    ):
+        if not is_service_name(value):
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"{field}: expected a name of 1-253 letters, digits, '.', '_' or '-', "
+                f"got {show(value)}",
+            )
+        names.append(value)
+    return names[0], names[1]
+
+
+def _checked_document(raw: bytes, fmt: str) -> dict[str, Any]:
+    """A policy body parsed, normalised to plain JSON and validated, or a :class:`PolicyError`."""
+    document = _plain_json(parse_document(raw, fmt, "request body"))
+    validate_document(document, "request body")
+    return document
+
+
 def _plain_json(document: dict[str, Any]) -> dict[str, Any]:
     """The document as plain JSON values, as it will be signed and served (YAML dates and the
     like have no JSON form and are refused by path rather than failing later)."""
     try:
         normal: dict[str, Any] = json.loads(json.dumps(document, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise PolicyError([f"(document): expected JSON-compatible values: {exc}"]) from None
     return normal
 
 
 def _invalid(problems: list[str]) -> Response:
-    return JSONResponse(
+    return ApiJSONResponse(
         {
             "error": "invalid_policy",
             "detail": f"{len(problems)} problem(s): " + "; ".join(problems),
@@ -401,15 +460,6 @@ def _invalid(problems: list[str]) -> Response:
         },
         status_code=422,
     )
-
-
-def _int_param(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if value is None or value == "":
-        return None
-    if not value.isdigit():
-        raise ApiError(400, "bad_parameter", f"{name}: expected a whole number, got {value!r}")
-    return int(value)
 
 
 def _wait_param(request: Request, cap: float) -> float:
@@ -431,23 +481,35 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     }.get(exc.status_code, "bad_request")
     body: dict[str, Any] = {"error": error, "detail": exc.detail}
     body.update(getattr(exc, "extra", {}))
-    headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 401:
+        headers["www-authenticate"] = "Bearer"
+    return ApiJSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
     """A bug: one log line here, answered in the API's shape. Starlette re-raises it after this
     handler, so the server prints its traceback once (plain, without locals)."""
-    kind, message = describe_error(exc)
-    log.error("internal_error", path=bounded(request.url.path), error_type=kind, message=message)
-    return JSONResponse(
+    dropped = _error_log.admit("internal_error")
+    if dropped is not None:
+        kind, message = describe_error(exc)
+        log.error(
+            "internal_error",
+            path=bounded(request.url.path),
+            error_type=kind,
+            message=message,
+            dropped=dropped,
+        )
+    return ApiJSONResponse(
         {"error": "internal", "detail": "the control plane failed; see its log"}, status_code=500
     )
 
 
 async def _store_down(request: Request, exc: Exception) -> Response:
-    log.warning("store_unavailable", error=" ".join(describe_error(exc)))
-    return JSONResponse(
+    dropped = _error_log.admit("store_unavailable")
+    if dropped is not None:
+        log.warning("store_unavailable", error=" ".join(describe_error(exc)), dropped=dropped)
+    return ApiJSONResponse(
         {"error": "store_unavailable", "detail": "the control plane's store cannot be reached"},
         status_code=503,
     )

@@ -21,6 +21,7 @@ from ._model import Policy
 
 __all__ = [
     "FORMATS",
+    "MAX_DOCUMENT_BYTES",
     "Layer",
     "format_validation_error",
     "merge_layers",
@@ -31,14 +32,34 @@ __all__ = [
 ]
 
 FORMATS = ("json", "yaml", "toml")
+#: The largest policy document read from any source (the server, a file, ``MESH_POLICY``). Real
+#: ones are a few kilobytes; the bound is what keeps a document's parse short.
+MAX_DOCUMENT_BYTES = 1 << 20
 
 #: A named layer: where a partial document came from, and the document.
 Layer = tuple[str, Mapping[str, Any]]
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2 booleans: only ``true``/``false``. Under PyYAML's YAML 1.1 rules the
-    contract's own ``retries: {on: [...]}`` key would silently become the boolean ``True``."""
+    """YAML with YAML 1.2 booleans (only ``true``/``false``) and without anchors or aliases.
+
+    Under PyYAML's YAML 1.1 rules the contract's own ``retries: {on: [...]}`` key would
+    silently become the boolean ``True``. Aliases are refused where the composer meets them, so
+    nothing is ever expanded: nine nested aliases in 302 bytes expand to a billion nodes (the
+    "billion laughs"), and a policy document has no use for them (nor for ``<<`` merge keys,
+    which need them).
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "anchors (&name) and aliases (*name) are not allowed in policy documents",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -63,7 +84,17 @@ def format_for(name: str, content_type: str | None = None) -> str:
 
 
 def parse_document(text: str | bytes, fmt: str, source: str = "policy") -> dict[str, Any]:
-    """Parse ``text`` as ``fmt``; a syntax error is a :class:`PolicyError` naming where."""
+    """Parse ``text`` as ``fmt``; a syntax error is a :class:`PolicyError` naming where.
+
+    So is what the parsers raise beyond syntax errors: nesting deeper than the stack
+    (``RecursionError``), an integer past the interpreter's digit limit (``ValueError``), a
+    document larger than :data:`MAX_DOCUMENT_BYTES`.
+    """
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_DOCUMENT_BYTES:
+        raise PolicyError(
+            [f"(document): expected at most {MAX_DOCUMENT_BYTES} bytes, got {size}"], source
+        )
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -87,8 +118,13 @@ def parse_document(text: str | bytes, fmt: str, source: str = "policy") -> dict[
         raise PolicyError([f"(document): invalid YAML{where}: {problem}"], source) from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError([f"(document): invalid TOML: {exc}"], source) from None
+    except RecursionError:
+        raise PolicyError(["(document): nested too deeply"], source) from None
+    except ValueError as exc:  # e.g. an integer longer than the interpreter converts
+        raise PolicyError([f"(document): {str(exc)[:120]}"], source) from None
     if data is None:
         data = {}
+    _refuse_surrogates(data, source)
     if not isinstance(data, dict):
         raise PolicyError(
             [f"(document): expected a mapping at the top, got {type(data).__name__}"], source
@@ -96,11 +132,25 @@ def parse_document(text: str | bytes, fmt: str, source: str = "policy") -> dict[
     return data
 
 
+def _refuse_surrogates(data: Any, source: str) -> None:
+    """JSON's ``"\\ud800"`` (and YAML's) decode to a lone surrogate, which no UTF-8 text can
+    hold: the document could be neither signed nor served, so it is refused here, by name."""
+    try:
+        json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PolicyError(
+            ["(document): expected Unicode text, got a lone surrogate (such as \\ud800)"], source
+        ) from None
+    except (ValueError, RecursionError):
+        pass  # not JSON-shaped (NaN and the like): validation names those by path
+
+
 def read_policy_file(path: str | Path) -> dict[str, Any]:
     """Read and parse a policy file; an unreadable file is a :class:`PolicyError` too."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_DOCUMENT_BYTES + 1)  # a larger file is refused, not read whole
     except OSError as exc:
         raise PolicyError(
             [f"(file): cannot read {str(path)!r}: {exc.strerror or exc}"], str(path)

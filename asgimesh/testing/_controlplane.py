@@ -91,6 +91,8 @@ def control_plane(
     trust_domain: str = "mesh.local",
     state_dir: Path | None = None,
     stale_after: float = 60.0,
+    max_parked_polls: int = ControlPlaneConfig.max_parked_polls,
+    max_parked_per_client: int = ControlPlaneConfig.max_parked_per_client,
 ) -> Iterator[ControlPlaneHandle]:
     """Run a control plane (SQLite in a temp dir unless ``store`` says otherwise)."""
     token = admin_token or secrets.token_urlsafe(16)
@@ -106,6 +108,8 @@ def control_plane(
                 admin_token=token,
                 trust_domain=trust_domain,
                 stale_after=stale_after,
+                max_parked_polls=max_parked_polls,
+                max_parked_per_client=max_parked_per_client,
             )
         )
         server = stack.enter_context(serve_in_thread(app))
