@@ -10,6 +10,7 @@ import random
 import re
 
 __all__ = [
+    "IDEMPOTENT_METHODS",
     "new_span_id",
     "parse_deadline_ms",
     "parse_envoy_timeout_ms",
@@ -24,6 +25,9 @@ _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 #: W3C ``tracestate``: at most 32 comma-separated ``key=value`` members, printable ASCII.
 _TRACESTATE = re.compile(r"^[\x20-\x7e]{0,512}$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+#: RFC 9110, section 9.2.2: a retry of these cannot do what the first try did not already do.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import httpx
 
-from ._lib import HttpLib
+from ._binding import HttpBinding
 from ._transport import AsyncMeshShell, SyncMeshShell
 
 __all__ = [
@@ -41,7 +41,7 @@ class CircuitOpen(httpx.TransportError):
     """Every endpoint is ejected by outlier detection."""
 
 
-_HTTPX = HttpLib(
+_HTTPX = HttpBinding(
     httpx,
     no_healthy_endpoints=NoHealthyEndpoints,
     deadline_exceeded=DeadlineExceeded,

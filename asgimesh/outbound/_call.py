@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import random
 
+from .._backoff import full_jitter
 from .._context import MeshContext
 from .._wire import new_span_id
-from ._config import CallConfig
+from ._compile import CallConfig
 from ._endpoint import Endpoint
-from ._retry import Failure, backoff_delay, parse_retry_after, retry_reason
-from ._upstream import Refusal, Upstream
+from ._refusal import Refusal
+from ._retry import Failure, parse_retry_after, retry_reason
+from ._upstream import Upstream
 
 __all__ = ["Call"]
 
@@ -131,7 +133,7 @@ class Call:
 
     def _backoff(self) -> float:
         config = self.config
-        return backoff_delay(self.attempt, config.backoff_base, config.backoff_max, self.rng)
+        return full_jitter(self.attempt, config.backoff_base, config.backoff_max, self.rng.random)
 
     def _penalty(self) -> float:
         return self.config.per_try_timeout or self.config.timeout or DEFAULT_PENALTY

@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 import anyio
 
 from .._runtime import MeshRuntime, get_runtime
+from ._binding import HttpBinding
 from ._call import Call
-from ._core import OutboundCore, Plan
 from ._discovery import DnsRecords, addresses
 from ._endpoint import Endpoint
-from ._lib import HttpLib
-from ._upstream import Refusal, Upstream
+from ._planner import CallPlanner, Plan
+from ._refusal import Refusal
+from ._upstream import Upstream
 
 __all__ = ["AsyncMeshShell", "SyncMeshShell"]
 
@@ -37,10 +38,10 @@ def _drainable(response: Any) -> bool:
 
 
 class _Shell:
-    _lib: ClassVar[HttpLib]
+    _lib: ClassVar[HttpBinding]
 
     def __init__(self, runtime: MeshRuntime | None) -> None:
-        self._core = OutboundCore(runtime if runtime is not None else get_runtime())
+        self._core = CallPlanner(runtime if runtime is not None else get_runtime())
 
     def _failed(self, call: Call, exc: Exception, request: Any) -> float:
         """A try raised ``exc``: the delay before the next try, else the error to raise."""
@@ -123,7 +124,7 @@ class _Shell:
 
 
 class AsyncMeshShell(_Shell):
-    """The async transport's behaviour; bound to an :class:`HttpLib` by a subclass."""
+    """The async transport's behaviour; bound to an :class:`HttpBinding` by a subclass."""
 
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: Any) -> None:
         self._inner = self._lib.AsyncHTTPTransport(**kwargs)

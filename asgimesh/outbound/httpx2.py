@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import httpx2
 
-from ._lib import HttpLib
+from ._binding import HttpBinding
 from ._transport import AsyncMeshShell, SyncMeshShell
 
 __all__ = [
@@ -41,7 +41,7 @@ class CircuitOpen(httpx2.TransportError):
     """Every endpoint is ejected by outlier detection."""
 
 
-_HTTPX2 = HttpLib(
+_HTTPX2 = HttpBinding(
     httpx2,
     no_healthy_endpoints=NoHealthyEndpoints,
     deadline_exceeded=DeadlineExceeded,

@@ -13,8 +13,9 @@ from asgimesh import MeshContext, MeshRuntime, MeshSettings
 from asgimesh._context import _current
 from asgimesh._wire import parse_traceparent
 from asgimesh.outbound._call import Call
-from asgimesh.outbound._core import OutboundCore
-from asgimesh.outbound._upstream import Refusal, Upstream
+from asgimesh.outbound._planner import CallPlanner
+from asgimesh.outbound._refusal import Refusal
+from asgimesh.outbound._upstream import Upstream
 from asgimesh.telemetry import MeshMetrics
 
 ENDPOINTS = ["http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80"]
@@ -169,7 +170,7 @@ def test_core_passes_other_hosts_and_applies_a_new_policy_to_the_next_call() -> 
     rt = runtime({})
     rt.policy.apply({"services": {"pay": {"endpoints": ENDPOINTS[:1], "timeout": "1s"}}}, source="test")
     clock = FakeClock(0.0)
-    core = OutboundCore(rt, clock=clock, rng=random.Random(1))
+    core = CallPlanner(rt, clock=clock, rng=random.Random(1))
     assert core.plan("GET", "example.com", "/", replayable=True) is None
     plan = core.plan("GET", "pay", "/", replayable=True)
     assert plan is not None and plan.call.config.timeout == 1.0
@@ -190,7 +191,7 @@ def test_core_splits_and_injects_faults() -> None:
         "pay-v2": {"endpoints": ENDPOINTS[1:2], "fault": {"abort": {"percent": 100, "status": 418}}},
         "slow": {"endpoints": ENDPOINTS[2:], "fault": {"delay": {"percent": 100, "duration": "50ms"}}},
     }})
-    core = OutboundCore(rt, clock=FakeClock(0.0), rng=random.Random(1))
+    core = CallPlanner(rt, clock=FakeClock(0.0), rng=random.Random(1))
     plan = core.plan("GET", "pay", "/", replayable=True)
     assert plan is not None and plan.call.upstream.name == "pay-v2"
     assert plan.abort is None  # the fault of the called service (pay) applies, not the target's
@@ -202,7 +203,7 @@ def test_core_splits_and_injects_faults() -> None:
 
 def test_core_reads_the_current_context() -> None:
     rt = runtime({"services": {"pay": {"endpoints": ENDPOINTS}}})
-    core = OutboundCore(rt, clock=FakeClock(0.0))
+    core = CallPlanner(rt, clock=FakeClock(0.0))
     token = _current.set(MeshContext(request_id="r", trace_id="c" * 32, span_id="d" * 16, deadline=0.5))
     try:
         plan = core.plan("GET", "pay", "/", replayable=True)
@@ -213,7 +214,7 @@ def test_core_reads_the_current_context() -> None:
 
 def test_service_names_match_hosts_case_insensitively() -> None:
     rt = runtime({"services": {"Payments": {"endpoints": ENDPOINTS[:1]}}})
-    core = OutboundCore(rt, clock=FakeClock(0.0))
+    core = CallPlanner(rt, clock=FakeClock(0.0))
     plan = core.plan("GET", "payments", "/", replayable=True)
     assert plan is not None and plan.call.upstream.name == "Payments"
 
@@ -228,7 +229,7 @@ def test_pool_timeout_at_the_deadline_is_the_deadline() -> None:
 
 def test_split_to_an_undefined_service_is_refused_for_its_share() -> None:
     rt = runtime({"services": {"pay": {"endpoints": ENDPOINTS[:1], "split": [{"service": "ghost", "weight": 100}]}}})
-    core = OutboundCore(rt, clock=FakeClock(0.0))
+    core = CallPlanner(rt, clock=FakeClock(0.0))
     plan = core.plan("GET", "pay", "/", replayable=True)
     assert plan is not None
     with pytest.raises(Refusal) as caught:

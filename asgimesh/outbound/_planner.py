@@ -17,11 +17,12 @@ from .._context import current_context
 from .._runtime import MeshRuntime
 from ..policy import PolicySnapshot
 from ._call import Call
-from ._config import CompiledPolicy, compile_policy
+from ._compile import CompiledPolicy, compile_policy
+from ._metrics import UpstreamMetrics
 from ._traffic import choose_backend, draw_fault
-from ._upstream import Upstream, UpstreamMetrics
+from ._upstream import Upstream
 
-__all__ = ["OutboundCore", "Plan"]
+__all__ = ["CallPlanner", "Plan"]
 
 #: Pass-through hosts measured at most: metric labels must not grow without bound.
 MAX_PASSTHROUGH_HOSTS = 1000
@@ -39,7 +40,7 @@ class Plan:
         self.abort = abort
 
 
-class OutboundCore:
+class CallPlanner:
     def __init__(
         self,
         runtime: MeshRuntime,

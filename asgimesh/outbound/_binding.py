@@ -2,8 +2,8 @@
 
 ``httpx`` and its successor ``httpx2`` have the same shape but separate classes: a transport
 must build *that* module's requests and responses and raise *that* module's errors, or the
-client's ``except httpx2.ConnectError`` misses. :class:`HttpLib` gathers those classes from the
-module it is given; the transports are one code path over whichever ``HttpLib`` they are bound to.
+client's ``except httpx2.ConnectError`` misses. :class:`HttpBinding` gathers those classes from
+the module it is given; the transports are one code path over whichever binding they are given.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from typing import Any
 
 from ._call import Call
 from ._endpoint import Endpoint
+from ._refusal import Refusal
 from ._retry import Failure
-from ._upstream import Refusal
 
-__all__ = ["HttpLib"]
+__all__ = ["HttpBinding"]
 
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 #: Headers the mesh sets on each try, replacing any the app set.
 _PER_TRY = frozenset({b"mesh-attempt", b"mesh-deadline-ms"})
 
 
-class HttpLib:
+class HttpBinding:
     """One httpx-like module and the mesh's error classes for it."""
 
     def __init__(
