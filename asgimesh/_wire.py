@@ -13,6 +13,7 @@ from typing import TypeGuard
 
 __all__ = [
     "HTTP_METHODS",
+    "IDEMPOTENT_METHODS",
     "SERVICE_NAME",
     "bearer_token",
     "is_service_name",
@@ -59,6 +60,9 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+#: RFC 9110, section 9.2.2: a retry of these cannot do what the first try did not already do.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import httpx
 
-from ._lib import HttpLib
+from ._binding import HttpBinding
 from ._transport import AsyncMeshShell, SyncMeshShell
 
 __all__ = [
@@ -41,7 +41,7 @@ class CircuitOpen(httpx.TransportError):
     """Every endpoint is ejected by outlier detection."""
 
 
-_HTTPX = HttpLib(
+_HTTPX = HttpBinding[httpx.Request, httpx.Response](
     httpx,
     no_healthy_endpoints=NoHealthyEndpoints,
     deadline_exceeded=DeadlineExceeded,
@@ -50,14 +50,16 @@ _HTTPX = HttpLib(
 )
 
 
-class AsyncMeshTransport(AsyncMeshShell, httpx.AsyncBaseTransport):
+class AsyncMeshTransport(
+    AsyncMeshShell[httpx.Request, httpx.Response], httpx.AsyncBaseTransport
+):
     """The mesh's ``httpx.AsyncBaseTransport``: ``AsyncMeshTransport(runtime=None, **kwargs)``,
     ``kwargs`` being any of ``httpx.AsyncHTTPTransport``'s."""
 
     _lib = _HTTPX
 
 
-class MeshTransport(SyncMeshShell, httpx.BaseTransport):
+class MeshTransport(SyncMeshShell[httpx.Request, httpx.Response], httpx.BaseTransport):
     """The mesh's ``httpx.BaseTransport``: ``MeshTransport(runtime=None, **kwargs)``, ``kwargs``
     being any of ``httpx.HTTPTransport``'s."""
 

@@ -1,22 +1,30 @@
-"""One outbound call to a mesh service, as a sans-I/O state machine shared by both shells.
+"""One outbound call to a mesh service, as a sans-I/O state machine shared by both transports.
 
-The shell (sync or async) asks :meth:`Call.begin_try` where to send the next try and with which
-headers and time limit, does the I/O, and reports what happened (:meth:`Call.answered`,
-:meth:`Call.failed`); the call answers with the delay before the next try, or ``None`` to stop.
-It never sleeps, sends or reads a clock of its own: ``now`` comes in, decisions come out, so
-every decision is unit-tested without sockets and the two shells cannot drift apart.
+The call owns the protocol of a mesh call: DNS refresh, the injected fault, which endpoint each
+try goes to, the exact headers and timeouts of each try, retries within the budget and the
+deadline, and counting the call once. It answers every report with the next
+:mod:`step <._steps>` (:class:`Send`, :class:`Sleep`, :class:`Resolve`, :class:`Respond`,
+:class:`Done`, :class:`Fail`); the sync and async transports only carry steps out. It never
+sleeps, sends or reads a clock of its own: ``now`` comes in, decisions come out, so every decision
+is unit-tested without sockets and the two transports cannot drift apart.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
+from .._backoff import full_jitter
 from .._context import MeshContext
 from .._wire import new_span_id
-from ._config import CallConfig
+from ._compile import CallConfig
+from ._discovery import addresses
 from ._endpoint import Endpoint
-from ._retry import Failure, backoff_delay, parse_retry_after, retry_reason
-from ._upstream import Refusal, Upstream
+from ._refusal import Refusal
+from ._retry import Failure, parse_retry_after, retry_reason
+from ._steps import Done, Fail, Resolve, Respond, Send, Sleep, Step
+from ._upstream import Upstream
 
 __all__ = ["Call"]
 
@@ -24,17 +32,28 @@ __all__ = ["Call"]
 DEFAULT_PENALTY = 1.0
 #: A timeout this close to the deadline is the deadline (timers fire a little early or late).
 DEADLINE_SLACK = 0.01
+#: Answers whose ``Retry-After`` header stretches the backoff (RFC 9110, section 10.2.3).
+RETRY_AFTER_STATUSES = (429, 503)
+#: httpx's per-operation timeouts, each capped by a try's time limit.
+TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+#: Headers the mesh sets on each try, replacing any the app set.
+PER_TRY_HEADERS = frozenset({b"mesh-attempt", b"mesh-deadline-ms"})
 
 
 class Call:
     """The decisions of one call: endpoint per try, retries, budget, deadline, metrics."""
 
     __slots__ = (
+        "_base_headers",
+        "_expires_after_delay",
+        "_given_timeout",
+        "abort",
         "attempt",
         "config",
         "context",
         "deadline",
         "deadline_bound",
+        "delay",
         "endpoint",
         "idempotent",
         "limit",
@@ -58,6 +77,8 @@ class Call:
         now: float,
         rng: random.Random,
         context: MeshContext | None = None,
+        delay: float = 0.0,
+        abort: int | None = None,
     ) -> None:
         self.upstream = upstream
         self.config = config
@@ -81,10 +102,113 @@ class Call:
         #: Seconds the current try may take, and whether that limit is the call's deadline.
         self.limit: float | None = None
         self.deadline_bound = False
+        #: Injected fault: seconds to wait before the first try, and a status to answer instead.
+        self.delay = delay
+        self.abort = abort
+        self._base_headers: list[tuple[bytes, bytes]] = []
+        self._given_timeout: Mapping[str, float | None] = {}
+        self._expires_after_delay = False
         upstream.budget.deposit(now)
 
     def remaining(self, now: float) -> float | None:
         return None if self.deadline is None else self.deadline - now
+
+    def start(
+        self,
+        headers: Iterable[tuple[bytes, bytes]],
+        timeout: Mapping[str, float | None] | None,
+        now: float,
+    ) -> Step:
+        """The first step of the call, given the app's request headers and its ``timeout``
+        extension: a DNS lookup if one is due, else what :meth:`resolved` would answer."""
+        self._base_headers = self.merge_headers(headers)
+        self._given_timeout = timeout or {}
+        dns = self.upstream.dns
+        if dns is not None and dns.should_resolve(now):
+            return Resolve(dns.host, dns.port)
+        return self._after_lookup(now)
+
+    def resolved(self, infos: Sequence[tuple[Any, ...]] | None, now: float) -> Step:
+        """The lookup :class:`Resolve` asked for answered ``infos`` (``getaddrinfo``'s), or
+        failed (``None``: the last answer stays). Then the injected delay, abort, or first try."""
+        dns = self.upstream.dns
+        if dns is not None:
+            if infos is None:
+                dns.failed(now)
+            else:
+                urls = dns.resolved(addresses(infos), now)
+                if urls is not None:
+                    self.upstream.set_endpoints(urls, now)
+        return self._after_lookup(now)
+
+    def _after_lookup(self, now: float) -> Step:
+        if self.delay:
+            remaining = self.remaining(now)
+            if remaining is not None and self.delay >= remaining:
+                # The deadline passes during the delay: wait it out, then refuse (as a slow
+                # upstream would be refused), so the caller sees the delay it asked for.
+                self._expires_after_delay = True
+                return Sleep(max(remaining, 0.0))
+            return Sleep(self.delay)
+        return self._after_delay(now)
+
+    def slept(self, now: float) -> Step:
+        """A :class:`Sleep` is over: the next try (or, after an injected delay, the abort)."""
+        if self.endpoint is not None:
+            return self._next_try(now)
+        if self._expires_after_delay:
+            return self._fail(Refusal("deadline", self.deadline_message()), now)
+        return self._after_delay(now)
+
+    def _after_delay(self, now: float) -> Step:
+        if self.abort is not None:
+            self.finish(self.abort, now)
+            return Respond(self.abort)
+        return self._next_try(now)
+
+    def _next_try(self, now: float) -> Send | Fail:
+        try:
+            endpoint = self.begin_try(now)
+        except Refusal as refusal:
+            return self._fail(refusal, now)
+        return Send(endpoint, self._base_headers + self.headers(now), self.timeouts())
+
+    def _fail(self, refusal: Refusal | None, now: float) -> Fail:
+        self.finish("error", now)
+        return Fail(refusal)
+
+    def merge_headers(self, app: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The request's headers for every try: the app's own, without the per-try mesh headers
+        (the mesh sets those), plus the trace context and request id of the inbound request
+        where the app did not set them itself."""
+        headers = []
+        present = set()
+        for name, value in app:
+            lowered = name.lower()
+            if lowered not in PER_TRY_HEADERS:
+                headers.append((name, value))
+                present.add(lowered)
+        if self.context is not None:
+            headers.extend(item for item in self.trace_headers() if item[0] not in present)
+        return headers
+
+    def timeouts(self) -> dict[str, float | None] | None:
+        """httpx's per-operation timeouts for the current try, each capped by its time limit
+        (``None``: no limit, the request's own stand).
+
+        Capping connect, write, read and pool alike works the same in both transports: a
+        cancel scope around the whole try would cost as much as the rest of the mesh's work
+        together on every call, and the per-operation caps already bound a hung or slow
+        upstream (as ``requests`` does)."""
+        limit = self.limit
+        if limit is None:
+            return None
+        given = self._given_timeout
+        timeout: dict[str, float | None] = {}
+        for key in TIMEOUT_KEYS:
+            own = given.get(key)
+            timeout[key] = limit if own is None or own > limit else own
+        return timeout
 
     def begin_try(self, now: float) -> Endpoint:
         """Choose the endpoint of the next try and its time limit (``self.limit``)."""
@@ -131,15 +255,27 @@ class Call:
 
     def _backoff(self) -> float:
         config = self.config
-        return backoff_delay(self.attempt, config.backoff_base, config.backoff_max, self.rng)
+        return full_jitter(self.attempt, config.backoff_base, config.backoff_max, self.rng.random)
 
     def _penalty(self) -> float:
         return self.config.per_try_timeout or self.config.timeout or DEFAULT_PENALTY
 
-    def answered(self, status: int, retry_after: str | None, now: float) -> float | None:
-        """An HTTP answer came: the delay before retrying it, or ``None`` to return it."""
+    def answered(self, status: int, retry_after: str | None, now: float) -> Sleep | Done:
+        """An HTTP answer came (``retry_after``: its header, read for 429 and 503 only).
+        :class:`Done`: it is the call's answer (counted now; the endpoint is released when its
+        body is closed). :class:`Sleep`: retry it; the driver closes the answer, releases the
+        endpoint (:meth:`release`), sleeps and reports with :meth:`slept`."""
         endpoint = self.endpoint
         assert endpoint is not None
+        delay = self._retry_answer(endpoint, status, retry_after, now)
+        if delay is None:
+            self.finish(status, now)
+            return Done(endpoint)
+        return Sleep(delay)
+
+    def _retry_answer(
+        self, endpoint: Endpoint, status: int, retry_after: str | None, now: float
+    ) -> float | None:
         rtt = now - self.try_started
         if status >= 500:
             self.upstream.failed(endpoint, rtt, self._penalty(), now)
@@ -151,7 +287,7 @@ class Call:
         if reason is None or self.attempt > self.config.attempts:
             return None
         delay = self._backoff()
-        if status in (429, 503):
+        if status in RETRY_AFTER_STATUSES:
             wait = parse_retry_after(retry_after)
             if wait is not None:
                 delay = max(delay, wait)
@@ -165,10 +301,12 @@ class Call:
 
     def failed(
         self, failure: Failure | None, now: float, *, timed_out: bool = False
-    ) -> float | None:
-        """A try ended without an answer: the delay before retrying, ``None`` to raise the error
-        as it is, or :class:`Refusal` (deadline passed, or retry budget spent). ``timed_out``:
-        the error was a timeout, which is the call's deadline when the try was bound by it."""
+    ) -> Sleep | Fail:
+        """A try ended without an answer (``failure``: how, or ``None`` when it was not the
+        endpoint's fault, e.g. a pool timeout). ``timed_out``: the error was a timeout, which is
+        the call's deadline when the try was bound by it. :class:`Sleep` before retrying, or
+        :class:`Fail`: a refusal (deadline passed, retry budget spent) or, with none, the
+        transport's error as it is."""
         endpoint = self.endpoint
         assert endpoint is not None
         self.release(endpoint)
@@ -176,24 +314,34 @@ class Call:
         if timed_out and self.deadline_bound and (remaining is None or remaining < DEADLINE_SLACK):
             if failure is not None:
                 self.upstream.failed(endpoint, now - self.try_started, self._penalty(), now)
-            raise Refusal("deadline", self.deadline_message())
+            return self._fail(Refusal("deadline", self.deadline_message()), now)
         if failure is None:
-            return None
+            return self._fail(None, now)
         self.upstream.failed(endpoint, now - self.try_started, self._penalty(), now)
         reason = retry_reason(self.config, self.idempotent, self.replayable, failure=failure)
         if reason is None or self.attempt > self.config.attempts:
-            return None
+            return self._fail(None, now)
         delay = self._backoff()
         if remaining is not None and delay >= remaining:
-            return None
+            return self._fail(None, now)
         if not self.upstream.budget.withdraw(now):
-            raise Refusal(
-                "budget",
-                f"retry budget of {self.upstream.name!r} spent; "
-                f"try {self.attempt} failed ({failure})",
+            return self._fail(
+                Refusal(
+                    "budget",
+                    f"retry budget of {self.upstream.name!r} spent; "
+                    f"try {self.attempt} failed ({failure})",
+                ),
+                now,
             )
         self.upstream.metrics.retry(reason)
-        return delay
+        return Sleep(delay)
+
+    def abandoned(self, now: float) -> None:
+        """A try ended by something other than a transport error (cancellation, a bug): the
+        endpoint is released and the call counted as an error; nothing follows."""
+        if self.endpoint is not None:
+            self.release(self.endpoint)
+        self.finish("error", now)
 
     def finish(self, status: int | str, now: float) -> None:
         """Count the call once, with its final status (``error`` when no answer came)."""

@@ -1,4 +1,4 @@
-"""Retry decisions, backoff and the retry budget. Pure; clock readings and randomness injected.
+"""Retry decisions, ``Retry-After`` and the retry budget. Pure; clock readings are injected.
 
 What is safe to retry (the rule Istio learnt from a double payout, when a retried 503 charged a
 card twice): a connection that was never made carried nothing, so connect failures are retried
@@ -11,14 +11,13 @@ not a one-shot stream) is ever retried.
 from __future__ import annotations
 
 import math
-import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-from ._config import CallConfig
+from ._compile import CallConfig
 
-__all__ = ["Failure", "RetryBudget", "backoff_delay", "parse_retry_after", "retry_reason"]
+__all__ = ["Failure", "RetryBudgetWindow", "parse_retry_after", "retry_reason"]
 
 #: How a try ended without an HTTP answer.
 #: ``connect-failure``: no connection was made, so nothing reached the upstream.
@@ -51,13 +50,6 @@ def retry_reason(
     return None
 
 
-def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter (AWS's analysis, Envoy's and Linkerd's choice):
-    retry ``n`` (1-based) sleeps uniformly in ``[0, min(cap, base * 2**(n-1))]``."""
-    ceiling = min(cap, base * (2.0 ** min(retry - 1, 30)))
-    return rng.random() * ceiling
-
-
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else ``None``."""
     if not value:
@@ -74,7 +66,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-class RetryBudget:
+class RetryBudgetWindow:
     """Retries allowed: ``ratio`` x requests over the last ``ttl`` + ``min_per_second`` x ``ttl``.
 
     Linkerd's and Finagle's budget: retries can add at most a fixed fraction to the load an

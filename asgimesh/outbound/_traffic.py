@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from ._config import FaultConfig
+from ._compile import FaultConfig
 
 __all__ = ["choose_backend", "draw_fault"]
 

@@ -1,185 +1,165 @@
-"""The shells: httpx transports that run the outbound core around httpx's own transports.
+"""The transports' I/O: drivers that carry out a :class:`~._call.Call`'s steps, sync or async.
 
 ``AsyncMeshTransport`` and ``MeshTransport`` hand every keyword argument to one inner
 ``AsyncHTTPTransport`` / ``HTTPTransport`` (``verify``, ``cert``, ``http2``, ``limits``, ``proxy``,
 ``retries``, ...). One shared pool rather than one per endpoint: httpcore already keeps
 connections per origin inside a pool, ``limits`` then means what it means with plain httpx (the
 whole transport), and hosts that are not mesh services use the very same pool, so the transport
-is a drop-in in every respect. The shells only do I/O (send, sleep, resolve); every decision is
-the core's (:mod:`._call`), shared by both.
+is a drop-in in every respect.
+
+Each driver is one loop over the call's steps: send, sleep, look up, answer or raise. What to
+do next is always the call's decision, made in one place for both drivers; what is left twice
+below is only the difference between ``await x()`` and ``x()``.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Generic, Self
 
 import anyio
 
 from .._runtime import MeshRuntime, get_runtime
-from ._call import Call
-from ._core import OutboundCore, Plan
-from ._discovery import DnsRecords, addresses
-from ._endpoint import Endpoint
-from ._lib import HttpLib
-from ._upstream import Refusal, Upstream
+from ._call import RETRY_AFTER_STATUSES, Call
+from ._metrics import UpstreamMetrics
+from ._planner import CallPlanner
+from ._protocols import (
+    AsyncTransportLike,
+    Binding,
+    Req,
+    Resp,
+    ResponseLike,
+    SyncTransportLike,
+)
+from ._steps import Done, Fail, Resolve, Respond, Send, Sleep, Step
 
 __all__ = ["AsyncMeshShell", "SyncMeshShell"]
 
 #: A retried answer's body is read (so its connection returns to the pool) up to this size.
 DRAIN_LIMIT = 64 * 1024
 
+#: ``getaddrinfo``'s answer, or ``None`` when the lookup failed.
+_Infos = Sequence[tuple[object, ...]] | None
 
-def _drainable(response: Any) -> bool:
+
+def _drainable(response: ResponseLike) -> bool:
     length = response.headers.get("content-length")
     return length is not None and length.isdigit() and int(length) <= DRAIN_LIMIT
 
 
-class _Shell:
-    _lib: ClassVar[HttpLib]
+class _Shell(Generic[Req, Resp]):
+    """What both drivers share: turning a request into a call, and I/O results into reports."""
+
+    #: Set by the binding's subclass (``asgimesh.outbound``, ``asgimesh.outbound.httpx2``).
+    _lib: Binding[Req, Resp]
 
     def __init__(self, runtime: MeshRuntime | None) -> None:
-        self._core = OutboundCore(runtime if runtime is not None else get_runtime())
+        self._planner = CallPlanner(runtime if runtime is not None else get_runtime())
 
-    def _failed(self, call: Call, exc: Exception, request: Any) -> float:
-        """A try raised ``exc``: the delay before the next try, else the error to raise."""
-        lib = self._lib
-        now = self._core.clock()
-        try:
-            delay = call.failed(
-                lib.classify(exc), now, timed_out=isinstance(exc, lib.TimeoutException)
-            )
-        except Refusal as refusal:
-            call.finish("error", now)
-            raise lib.refusal(refusal, request) from exc
-        if delay is None:
-            call.finish("error", now)
-            raise exc
-        return delay
-
-    def _begin(self, call: Call, request: Any) -> tuple[Endpoint, float]:
-        """The endpoint for the next try and the time it starts, else the refusal to raise."""
-        now = self._core.clock()
-        try:
-            return call.begin_try(now), now
-        except Refusal as refusal:
-            call.finish("error", now)
-            raise self._lib.refusal(refusal, request) from None
-
-    def _aborted(self, call: Call, endpoint: Endpoint) -> None:
-        """A try ended by something other than a transport error (cancellation, a bug)."""
-        call.release(endpoint)
-        call.finish("error", self._core.clock())
-
-    def _answered(
-        self, call: Call, endpoint: Endpoint, response: Any, tracked: Any
-    ) -> float | None:
-        """A try got an HTTP answer. ``None``: it is the call's answer, its stream wrapped in
-        ``tracked`` so the endpoint is released when the body is closed. Otherwise the delay
-        before the next try; the shell then discards the answer."""
-        now = self._core.clock()
-        status = response.status_code
-        retry_after = response.headers.get("retry-after") if status in (429, 503) else None
-        retry = call.answered(status, retry_after, now)
-        if retry is None:
-            call.finish(status, now)
-            response.stream = tracked(response.stream, call, endpoint)
-        return retry
-
-    def _fault_wait(self, call: Call, delay: float) -> tuple[float, bool]:
-        """How long an injected delay sleeps, and whether the deadline passes first."""
-        remaining = call.remaining(self._core.clock())
-        if remaining is not None and delay >= remaining:
-            return max(remaining, 0.0), True
-        return delay, False
-
-    def _expired(self, call: Call, request: Any) -> Exception:
-        call.finish("error", self._core.clock())
-        return self._lib.refusal(Refusal("deadline", call.deadline_message()), request)
-
-    def _dns_due(self, upstream: Upstream) -> DnsRecords | None:
-        """The upstream's DNS records when a lookup is due, else ``None``."""
-        dns = upstream.dns
-        return dns if dns is not None and dns.should_resolve(self._core.clock()) else None
-
-    def _dns_answer(self, upstream: Upstream, dns: DnsRecords, infos: Any) -> None:
-        """Apply a lookup's answer (``None``: it failed, the last answer stays)."""
-        now = self._core.clock()
-        if infos is None:
-            dns.failed(now)
-            return
-        urls = dns.resolved(addresses(infos), now)
-        if urls is not None:
-            upstream.set_endpoints(urls, now)
-
-    def _plan(self, request: Any) -> Plan | None:
-        return self._core.plan(
-            request.method,
-            request.url.host,
-            request.url.path,
-            replayable=isinstance(request.stream, self._lib.ByteStream),
+    def _plan(self, request: Req) -> Call | None:
+        url = request.url
+        return self._planner.plan(
+            request.method, url.host, url.path, replayable=self._lib.replayable(request)
         )
 
+    def _start(self, call: Call, request: Req) -> Step:
+        timeout = request.extensions.get("timeout")
+        return call.start(request.headers.raw, timeout, self._planner.clock())
 
-class AsyncMeshShell(_Shell):
-    """The async transport's behaviour; bound to an :class:`HttpLib` by a subclass."""
+    def _failed(self, call: Call, exc: Exception) -> Sleep | Fail:
+        lib = self._lib
+        timed_out = isinstance(exc, lib.TimeoutException)
+        return call.failed(lib.classify(exc), self._planner.clock(), timed_out=timed_out)
 
-    def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: Any) -> None:
-        self._inner = self._lib.AsyncHTTPTransport(**kwargs)
+    def _answered(self, call: Call, response: Resp) -> Sleep | Done:
+        status = response.status_code
+        retry_after = (
+            response.headers.get("retry-after") if status in RETRY_AFTER_STATUSES else None
+        )
+        return call.answered(status, retry_after, self._planner.clock())
+
+    def _error(self, fail: Fail, request: Req, exc: Exception | None = None) -> Exception:
+        """The exception a :class:`Fail` raises: the binding's for a refusal (caused by the
+        try's error, if any), else the try's error itself."""
+        if fail.refusal is None:
+            assert exc is not None, "only a failed try lets its own error stand"
+            return exc
+        error = self._lib.error(fail.refusal, request)
+        error.__cause__ = exc
+        return error
+
+    def _measure(self, request: Req) -> tuple[UpstreamMetrics, float] | None:
+        """Metric children and start time for a pass-through host (``None``: not measured)."""
+        metrics = self._planner.passthrough_metrics(request.url.host)
+        return None if metrics is None else (metrics, self._planner.clock())
+
+    def _measured(
+        self, request: Req, measure: tuple[UpstreamMetrics, float], status: int | str
+    ) -> None:
+        metrics, start = measure
+        metrics.request(request.method, status, self._planner.clock() - start)
+
+
+class AsyncMeshShell(_Shell[Req, Resp]):
+    """The async transport's behaviour; bound to a :class:`Binding` by a subclass."""
+
+    def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
+        self._inner: AsyncTransportLike[Req, Resp] = self._lib.async_transport(**kwargs)
         super().__init__(runtime)
 
-    async def handle_async_request(self, request: Any) -> Any:
-        plan = self._plan(request)
-        if plan is None:
+    async def handle_async_request(self, request: Req) -> Resp:
+        call = self._plan(request)
+        if call is None:
             return await self._passthrough(request)
-        return await self._mesh(request, plan)
+        lib, clock = self._lib, self._planner.clock
+        step: Step = self._start(call, request)
+        while True:
+            if isinstance(step, Send):
+                send = step
+                try:
+                    response = await self._inner.handle_async_request(lib.outgoing(request, send))
+                except lib.TransportError as exc:
+                    step = self._failed(call, exc)
+                    if isinstance(step, Fail):
+                        raise self._error(step, request, exc)  # noqa: B904 - cause set there
+                    continue
+                except BaseException:
+                    call.abandoned(clock())
+                    raise
+                outcome = self._answered(call, response)
+                if isinstance(outcome, Done):
+                    lib.track_async(response, call, outcome.endpoint)
+                    return response
+                await self._discard(response)
+                call.release(send.endpoint)
+                step = outcome
+            elif isinstance(step, Sleep):
+                await anyio.sleep(step.seconds)
+                step = call.slept(clock())
+            elif isinstance(step, Resolve):
+                infos = await self._lookup(step)
+                step = call.resolved(infos, clock())
+            elif isinstance(step, Respond):
+                return lib.fault_response(step.status)
+            else:
+                raise self._error(step, request)
 
-    async def _passthrough(self, request: Any) -> Any:
-        core = self._core
-        metrics = core.passthrough_metrics(request.url.host)
-        if metrics is None:
+    async def _passthrough(self, request: Req) -> Resp:
+        measure = self._measure(request)
+        if measure is None:
             return await self._inner.handle_async_request(request)
-        start = core.clock()
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException:
-            metrics.request(request.method, "error", core.clock() - start)
+            self._measured(request, measure, "error")
             raise
-        metrics.request(request.method, response.status_code, core.clock() - start)
+        self._measured(request, measure, response.status_code)
         return response
 
-    async def _mesh(self, request: Any, plan: Plan) -> Any:
-        lib, call, clock = self._lib, plan.call, self._core.clock
-        if call.upstream.dns is not None:
-            await self._resolve(call.upstream)
-        if plan.delay:
-            await self._fault_delay(call, plan.delay, request)
-        if plan.abort is not None:
-            call.finish(plan.abort, clock())
-            return lib.fault_response(plan.abort)
-        inner = self._inner
-        headers = lib.base_headers(request, call)
-        while True:
-            endpoint, now = self._begin(call, request)
-            try:
-                response = await inner.handle_async_request(
-                    lib.outgoing(request, endpoint, call, headers, now)
-                )
-            except lib.TransportError as exc:
-                await anyio.sleep(self._failed(call, exc, request))
-                continue
-            except BaseException:
-                self._aborted(call, endpoint)
-                raise
-            retry = self._answered(call, endpoint, response, lib.AsyncTracked)
-            if retry is None:
-                return response
-            await self._discard(response)
-            call.release(endpoint)
-            await anyio.sleep(retry)
-
-    async def _discard(self, response: Any) -> None:
+    async def _discard(self, response: Resp) -> None:
         """Close a retried answer; a small body is read first so the connection is reused
         (bounded in time by the try's read timeout)."""
         try:
@@ -190,90 +170,87 @@ class AsyncMeshShell(_Shell):
         finally:
             await response.aclose()
 
-    async def _fault_delay(self, call: Call, delay: float, request: Any) -> None:
-        seconds, expired = self._fault_wait(call, delay)
-        await anyio.sleep(seconds)
-        if expired:
-            raise self._expired(call, request)
-
-    async def _resolve(self, upstream: Upstream) -> None:
-        dns = self._dns_due(upstream)
-        if dns is None:
-            return
+    @staticmethod
+    async def _lookup(step: Resolve) -> _Infos:
+        """In a worker thread (anyio's), so the event loop never waits for DNS."""
         try:
-            infos: Any = await anyio.getaddrinfo(dns.host, dns.port, type=socket.SOCK_STREAM)
+            return await anyio.getaddrinfo(step.host, step.port, type=socket.SOCK_STREAM)
         except OSError:
-            infos = None
-        self._dns_answer(upstream, dns, infos)
+            return None
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         await self._inner.__aenter__()
         return self
 
-    async def __aexit__(self, *args: Any) -> None:
-        await self._inner.__aexit__(*args)
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self._inner.__aexit__(exc_type, exc_value, traceback)
 
 
-class SyncMeshShell(_Shell):
+class SyncMeshShell(_Shell[Req, Resp]):
     """The sync transport's behaviour. Without cancellation, a try's time limit is enforced
     by capping each of its connect, write, read and pool timeouts (as ``requests`` does)."""
 
-    def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: Any) -> None:
-        self._inner = self._lib.HTTPTransport(**kwargs)
+    def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
+        self._inner: SyncTransportLike[Req, Resp] = self._lib.sync_transport(**kwargs)
         super().__init__(runtime)
 
-    def handle_request(self, request: Any) -> Any:
-        plan = self._plan(request)
-        if plan is None:
+    def handle_request(self, request: Req) -> Resp:
+        call = self._plan(request)
+        if call is None:
             return self._passthrough(request)
-        return self._mesh(request, plan)
+        lib, clock = self._lib, self._planner.clock
+        step: Step = self._start(call, request)
+        while True:
+            if isinstance(step, Send):
+                send = step
+                try:
+                    response = self._inner.handle_request(lib.outgoing(request, send))
+                except lib.TransportError as exc:
+                    step = self._failed(call, exc)
+                    if isinstance(step, Fail):
+                        raise self._error(step, request, exc)  # noqa: B904 - cause set there
+                    continue
+                except BaseException:
+                    call.abandoned(clock())
+                    raise
+                outcome = self._answered(call, response)
+                if isinstance(outcome, Done):
+                    lib.track_sync(response, call, outcome.endpoint)
+                    return response
+                self._discard(response)
+                call.release(send.endpoint)
+                step = outcome
+            elif isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                step = call.slept(clock())
+            elif isinstance(step, Resolve):
+                step = call.resolved(self._lookup(step), clock())
+            elif isinstance(step, Respond):
+                return lib.fault_response(step.status)
+            else:
+                raise self._error(step, request)
 
-    def _passthrough(self, request: Any) -> Any:
-        core = self._core
-        metrics = core.passthrough_metrics(request.url.host)
-        if metrics is None:
+    def _passthrough(self, request: Req) -> Resp:
+        measure = self._measure(request)
+        if measure is None:
             return self._inner.handle_request(request)
-        start = core.clock()
         try:
             response = self._inner.handle_request(request)
         except BaseException:
-            metrics.request(request.method, "error", core.clock() - start)
+            self._measured(request, measure, "error")
             raise
-        metrics.request(request.method, response.status_code, core.clock() - start)
+        self._measured(request, measure, response.status_code)
         return response
 
-    def _mesh(self, request: Any, plan: Plan) -> Any:
-        lib, call, clock = self._lib, plan.call, self._core.clock
-        if call.upstream.dns is not None:
-            self._resolve(call.upstream)
-        if plan.delay:
-            self._fault_delay(call, plan.delay, request)
-        if plan.abort is not None:
-            call.finish(plan.abort, clock())
-            return lib.fault_response(plan.abort)
-        inner = self._inner
-        headers = lib.base_headers(request, call)
-        while True:
-            endpoint, now = self._begin(call, request)
-            try:
-                response = inner.handle_request(lib.outgoing(request, endpoint, call, headers, now))
-            except lib.TransportError as exc:
-                time.sleep(self._failed(call, exc, request))
-                continue
-            except BaseException:
-                self._aborted(call, endpoint)
-                raise
-            retry = self._answered(call, endpoint, response, lib.SyncTracked)
-            if retry is None:
-                return response
-            self._discard(response)
-            call.release(endpoint)
-            time.sleep(retry)
-
-    def _discard(self, response: Any) -> None:
+    def _discard(self, response: Resp) -> None:
         try:
             if _drainable(response):
                 response.read()
@@ -282,28 +259,24 @@ class SyncMeshShell(_Shell):
         finally:
             response.close()
 
-    def _fault_delay(self, call: Call, delay: float, request: Any) -> None:
-        seconds, expired = self._fault_wait(call, delay)
-        time.sleep(seconds)
-        if expired:
-            raise self._expired(call, request)
-
-    def _resolve(self, upstream: Upstream) -> None:
-        dns = self._dns_due(upstream)
-        if dns is None:
-            return
+    @staticmethod
+    def _lookup(step: Resolve) -> _Infos:
         try:
-            infos: Any = socket.getaddrinfo(dns.host, dns.port, type=socket.SOCK_STREAM)
+            return socket.getaddrinfo(step.host, step.port, type=socket.SOCK_STREAM)
         except OSError:
-            infos = None
-        self._dns_answer(upstream, dns, infos)
+            return None
 
     def close(self) -> None:
         self._inner.close()
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self._inner.__enter__()
         return self
 
-    def __exit__(self, *args: Any) -> None:
-        self._inner.__exit__(*args)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        self._inner.__exit__(exc_type, exc_value, traceback)

@@ -9,67 +9,18 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Collection
-from typing import Any
 
 from ..telemetry import MeshMetrics
 from ._balancer import Balancer, make_balancer
-from ._config import BackendConfig
+from ._compile import BackendConfig
 from ._discovery import DnsRecords
 from ._endpoint import Endpoint
+from ._metrics import UpstreamMetrics
 from ._outlier import OutlierRules, record_failure, record_success, return_due
-from ._retry import RetryBudget
+from ._refusal import Refusal
+from ._retry import RetryBudgetWindow
 
-__all__ = ["Refusal", "Upstream", "UpstreamMetrics"]
-
-
-class Refusal(Exception):  # noqa: N818 - a decision, not an error: shells turn it into one
-    """A call the mesh refuses before or between tries; the shell raises its httpx error."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        #: ``no-endpoints``, ``circuit-open``, ``deadline`` or ``budget``.
-        self.kind = kind
-        super().__init__(message)
-
-
-class UpstreamMetrics:
-    """The metric children of one upstream label, created once instead of on every call."""
-
-    __slots__ = ("_ejections", "_metrics", "_requests", "_retries", "duration", "upstream")
-
-    def __init__(self, metrics: MeshMetrics, upstream: str) -> None:
-        self._metrics = metrics
-        self.upstream = upstream
-        self._requests: dict[tuple[str, int | str], Any] = {}
-        self._retries: dict[str, Any] = {}
-        self._ejections: Any = None
-        self.duration = metrics.outbound_duration.labels(metrics.service, upstream)
-
-    def request(self, method: str, status: int | str, seconds: float) -> None:
-        key = (method, status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._metrics.outbound_requests.labels(
-                self._metrics.service, self.upstream, method, str(status)
-            )
-            self._requests[key] = child
-        child.inc()
-        self.duration.observe(seconds)
-
-    def retry(self, reason: str) -> None:
-        child = self._retries.get(reason)
-        if child is None:
-            child = self._metrics.outbound_retries.labels(
-                self._metrics.service, self.upstream, reason
-            )
-            self._retries[reason] = child
-        child.inc()
-
-    def ejection(self) -> None:
-        if self._ejections is None:
-            self._ejections = self._metrics.outbound_ejections.labels(
-                self._metrics.service, self.upstream
-            )
-        self._ejections.inc()
+__all__ = ["Upstream"]
 
 
 class Upstream:
@@ -91,7 +42,7 @@ class Upstream:
         self.rules = OutlierRules.of(config.outlier)
         self.balancer: Balancer = make_balancer(config.load_balancer, rng)
         budget = config.budget
-        self.budget = RetryBudget(budget.ratio, budget.min_per_second, budget.ttl, now)
+        self.budget = RetryBudgetWindow(budget.ratio, budget.min_per_second, budget.ttl, now)
         self.dns = DnsRecords(config.dns) if config.dns else None
         self.set_endpoints(config.endpoints, now)
 

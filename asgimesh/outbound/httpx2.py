@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import httpx2
 
-from ._lib import HttpLib
+from ._binding import HttpBinding
 from ._transport import AsyncMeshShell, SyncMeshShell
 
 __all__ = [
@@ -41,7 +41,7 @@ class CircuitOpen(httpx2.TransportError):
     """Every endpoint is ejected by outlier detection."""
 
 
-_HTTPX2 = HttpLib(
+_HTTPX2 = HttpBinding[httpx2.Request, httpx2.Response](
     httpx2,
     no_healthy_endpoints=NoHealthyEndpoints,
     deadline_exceeded=DeadlineExceeded,
@@ -50,13 +50,15 @@ _HTTPX2 = HttpLib(
 )
 
 
-class AsyncMeshTransport(AsyncMeshShell, httpx2.AsyncBaseTransport):
+class AsyncMeshTransport(
+    AsyncMeshShell[httpx2.Request, httpx2.Response], httpx2.AsyncBaseTransport
+):
     """The mesh's ``httpx2.AsyncBaseTransport``; ``kwargs`` as ``httpx2.AsyncHTTPTransport``'s."""
 
     _lib = _HTTPX2
 
 
-class MeshTransport(SyncMeshShell, httpx2.BaseTransport):
+class MeshTransport(SyncMeshShell[httpx2.Request, httpx2.Response], httpx2.BaseTransport):
     """The mesh's ``httpx2.BaseTransport``; ``kwargs`` as ``httpx2.HTTPTransport``'s."""
 
     _lib = _HTTPX2

@@ -5,7 +5,7 @@ unknown fields: a typo (``timout``) is a refusal with its path, not a silently i
 Durations are stored as float seconds.
 
 ``defaults`` holds concrete values (the built-in defaults unless a layer sets them); services and
-routes hold only what they override (``None`` = inherit), which :mod:`asgimesh.outbound._config`
+routes hold only what they override (``None`` = inherit), which :mod:`asgimesh.outbound._compile`
 folds into one concrete ``CallConfig`` per service and route.
 """
 

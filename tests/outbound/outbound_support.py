@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgimesh.outbound._config import BackendConfig, CallConfig, compile_policy
+from asgimesh.outbound._compile import BackendConfig, CallConfig, compile_policy
 from asgimesh.policy import validate_document
 
 

@@ -6,7 +6,7 @@ import pytest
 from outbound_support import backend_config, call_config
 
 from asgimesh._errors import PolicyError
-from asgimesh.outbound._config import compile_policy
+from asgimesh.outbound._compile import compile_policy
 from asgimesh.policy import validate_document
 
 

@@ -7,7 +7,8 @@ import random
 import pytest
 from outbound_support import backend_config
 
-from asgimesh.outbound._upstream import Refusal, Upstream
+from asgimesh.outbound._refusal import Refusal
+from asgimesh.outbound._upstream import Upstream
 from asgimesh.telemetry import MeshMetrics
 
 

@@ -9,7 +9,8 @@ from email.utils import format_datetime
 import pytest
 from outbound_support import call_config
 
-from asgimesh.outbound._retry import RetryBudget, backoff_delay, parse_retry_after, retry_reason
+from asgimesh._backoff import full_jitter
+from asgimesh.outbound._retry import RetryBudgetWindow, parse_retry_after, retry_reason
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_conditions_follow_the_policy() -> None:
 def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
     rng = random.Random(3)
     for retry, ceiling in [(1, 0.025), (2, 0.05), (3, 0.1), (4, 0.2), (5, 0.25), (30, 0.25)]:
-        draws = [backoff_delay(retry, 0.025, 0.25, rng) for _ in range(500)]
+        draws = [full_jitter(retry, 0.025, 0.25, rng.random) for _ in range(500)]
         assert all(0 <= d <= ceiling for d in draws)
         assert max(draws) > ceiling * 0.9 and min(draws) < ceiling * 0.1  # full jitter: 0..cap
 
@@ -74,7 +75,7 @@ def test_retry_after_seconds_and_dates() -> None:
 
 
 def test_budget_floor_then_ratio() -> None:
-    budget = RetryBudget(ratio=0.2, min_per_second=1, ttl=10, now=0.0)
+    budget = RetryBudgetWindow(ratio=0.2, min_per_second=1, ttl=10, now=0.0)
     # Floor: min_per_second x ttl = 10 retries with no requests at all.
     assert sum(budget.withdraw(0.0) for _ in range(20)) == 10
     for _ in range(100):
@@ -85,7 +86,7 @@ def test_budget_floor_then_ratio() -> None:
 
 
 def test_budget_window_slides() -> None:
-    budget = RetryBudget(ratio=0.0, min_per_second=1, ttl=10, now=0.0)
+    budget = RetryBudgetWindow(ratio=0.0, min_per_second=1, ttl=10, now=0.0)
     assert sum(budget.withdraw(0.0) for _ in range(20)) == 10
     assert not budget.withdraw(5.0)  # still inside the window
     assert budget.withdraw(10.5)  # the first bucket has aged out
@@ -94,7 +95,7 @@ def test_budget_window_slides() -> None:
 
 def test_budget_stops_a_retry_storm() -> None:
     """A dead upstream, 1000 calls/s for 10 s: retries stay at ratio x requests + floor."""
-    budget = RetryBudget(ratio=0.2, min_per_second=10, ttl=10, now=0.0)
+    budget = RetryBudgetWindow(ratio=0.2, min_per_second=10, ttl=10, now=0.0)
     retries = 0
     for i in range(10_000):
         now = i / 1000
@@ -105,7 +106,7 @@ def test_budget_stops_a_retry_storm() -> None:
 
 
 def test_budget_reconfigure_keeps_counts_unless_window_changes() -> None:
-    budget = RetryBudget(ratio=0.0, min_per_second=1, ttl=10, now=0.0)
+    budget = RetryBudgetWindow(ratio=0.0, min_per_second=1, ttl=10, now=0.0)
     for _ in range(10):
         budget.withdraw(0.0)
     budget.configure(0.0, 2, 10, 0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from asgimesh.outbound._config import FaultConfig
+from asgimesh.outbound._compile import FaultConfig
 from asgimesh.outbound._traffic import choose_backend, draw_fault
 
 

@@ -256,7 +256,7 @@ def test_streaming_response_streams(mesh: Any, fake_upstreams: Any) -> None:
     chunks = d.stream_chunks("http://pay/stream")
     assert b"".join(chunks) == b"".join(b"chunk%d\n" % i for i in range(10))
     assert len(chunks) > 1  # not buffered into one
-    endpoint = d.transport._core.upstreams["pay"].endpoints[0]
+    endpoint = d.transport._planner.upstreams["pay"].endpoints[0]
     assert endpoint.outstanding == 0  # the try ended when the body was closed
 
 
@@ -279,7 +279,7 @@ def test_dns_discovery(mesh: Any, fake_upstreams: Any) -> None:
     port = ok.rsplit(":", 1)[1]
     d = mesh({"db": {"dns": f"localhost:{port}"}})
     assert d.request("GET", "http://db/").status_code == 200
-    urls = [e.url for e in d.transport._core.upstreams["db"].endpoints]
+    urls = [e.url for e in d.transport._planner.upstreams["db"].endpoints]
     assert f"http://127.0.0.1:{port}" in urls
 
 

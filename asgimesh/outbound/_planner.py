@@ -1,9 +1,11 @@
-"""The outbound core: from a request's method, host and path to a :class:`Call`, or pass-through.
+"""The call planner: from a request's method, host and path to a :class:`Call`, or pass-through.
 
 Holds what outlives a call: the compiled policy (recompiled only when the runtime's snapshot is a
 different object, so a policy change applies to the next call without a new client) and one
-:class:`Upstream` per service (endpoints and their statistics). Both shells own one core each;
-the clock and the random source are injected so tests drive it deterministically.
+:class:`Upstream` per service (endpoints and their statistics). It picks the call's config
+(service and route), its backend (traffic split) and its injected fault; the :class:`Call` then
+runs the protocol. Each transport owns one planner; the clock and the random source are injected
+so tests drive it deterministically.
 """
 
 from __future__ import annotations
@@ -17,29 +19,18 @@ from .._context import current_context
 from .._runtime import MeshRuntime
 from ..policy import PolicySnapshot
 from ._call import Call
-from ._config import CompiledPolicy, compile_policy
+from ._compile import CompiledPolicy, compile_policy
+from ._metrics import UpstreamMetrics
 from ._traffic import choose_backend, draw_fault
-from ._upstream import Upstream, UpstreamMetrics
+from ._upstream import Upstream
 
-__all__ = ["OutboundCore", "Plan"]
+__all__ = ["CallPlanner"]
 
 #: Pass-through hosts measured at most: metric labels must not grow without bound.
 MAX_PASSTHROUGH_HOSTS = 1000
 
 
-class Plan:
-    """What to do with one call to a mesh service, before its first try."""
-
-    __slots__ = ("abort", "call", "delay")
-
-    def __init__(self, call: Call, delay: float, abort: int | None) -> None:
-        self.call = call
-        #: Injected fault: seconds to wait before the first try, and a status to answer instead.
-        self.delay = delay
-        self.abort = abort
-
-
-class OutboundCore:
+class CallPlanner:
     def __init__(
         self,
         runtime: MeshRuntime,
@@ -79,9 +70,9 @@ class OutboundCore:
             del self.upstreams[name]
         self._compiled, self._snapshot = compiled, snapshot
 
-    def plan(self, method: str, host: str, path: str, *, replayable: bool) -> Plan | None:
-        """A plan for a call to ``host`` (lower case, as httpx gives it) if it names a mesh
-        service, else ``None``."""
+    def plan(self, method: str, host: str, path: str, *, replayable: bool) -> Call | None:
+        """The call to ``host`` (lower case, as httpx gives it) if it names a mesh service,
+        else ``None`` (pass-through)."""
         if self._on_request is not None:
             self._on_request()  # serverless policy refresh: starts one if due, never waits
         compiled = self.compiled()
@@ -92,20 +83,18 @@ class OutboundCore:
         backend = routes.name
         if config.split:
             backend = choose_backend(backend, config.split, self.rng)
-        upstream = self.upstreams[backend]
-        call = Call(
-            upstream,
+        delay, abort = (0.0, None) if config.fault is None else draw_fault(config.fault, self.rng)
+        return Call(
+            self.upstreams[backend],
             config,
             method,
             replayable=replayable,
             now=self.clock(),
             rng=self.rng,
             context=current_context(),
+            delay=delay,
+            abort=abort,
         )
-        if config.fault is None:
-            return Plan(call, 0.0, None)
-        delay, abort = draw_fault(config.fault, self.rng)
-        return Plan(call, delay, abort)
 
     def passthrough_metrics(self, host: str) -> UpstreamMetrics | None:
         """Metric children for a host that is not a mesh service (labelled with the host)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._wire import IDEMPOTENT_METHODS
 from ..policy import (
     Defaults,
     Fault,
@@ -33,10 +34,6 @@ __all__ = [
     "ServiceRoutes",
     "compile_policy",
 ]
-
-#: RFC 9110, section 9.2.2: a retry of these cannot do what the first try did not already do.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
 
 @dataclass(frozen=True, slots=True)
 class FaultConfig:

@@ -1,30 +1,33 @@
-"""What the shells need from an httpx-like module, bound once at import.
+"""The binding of the transports to one httpx-like module, made once at import.
 
 ``httpx`` and its successor ``httpx2`` have the same shape but separate classes: a transport
 must build *that* module's requests and responses and raise *that* module's errors, or the
-client's ``except httpx2.ConnectError`` misses. :class:`HttpLib` gathers those classes from the
-module it is given; the transports are one code path over whichever ``HttpLib`` they are bound to.
+client's ``except httpx2.ConnectError`` misses. :class:`HttpBinding` gathers those classes from
+the module it is given and offers the transports what :class:`~._protocols.Binding` lists. It
+decides nothing: which endpoint, which headers and which timeouts are the call's
+(:class:`~._steps.Send`); the binding only spells them in the module's objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Generic
 
 from ._call import Call
 from ._endpoint import Endpoint
+from ._protocols import AsyncTransportLike, Req, Resp, SyncTransportLike
+from ._refusal import Refusal
 from ._retry import Failure
-from ._upstream import Refusal
+from ._steps import Send
 
-__all__ = ["HttpLib"]
-
-_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
-#: Headers the mesh sets on each try, replacing any the app set.
-_PER_TRY = frozenset({b"mesh-attempt", b"mesh-deadline-ms"})
+__all__ = ["HttpBinding"]
 
 
-class HttpLib:
-    """One httpx-like module and the mesh's error classes for it."""
+class HttpBinding(Generic[Req, Resp]):
+    """One httpx-like module and the mesh's error classes for it.
+
+    ``module`` is typed ``Any`` on purpose: this is the one place that reaches into an
+    httpx-like module by name; everything past it is held to :mod:`._protocols`."""
 
     def __init__(
         self,
@@ -42,8 +45,6 @@ class HttpLib:
         self.ByteStream = module.ByteStream
         self.TransportError: type[Exception] = module.TransportError
         self.TimeoutException: type[Exception] = module.TimeoutException
-        self.AsyncHTTPTransport = module.AsyncHTTPTransport
-        self.HTTPTransport = module.HTTPTransport
         self._errors: dict[str, Any] = {
             "no-endpoints": no_healthy_endpoints,
             "circuit-open": circuit_open,
@@ -57,7 +58,19 @@ class HttpLib:
         # httpx re-parses a URL to change its host (tens of microseconds); its parsed form is a
         # NamedTuple whose ``_replace`` does the same in one. Used only where that form exists.
         self._fast_urls = hasattr(getattr(probe, "_uri_reference", None), "_replace")
-        self.AsyncTracked, self.SyncTracked = _tracked_streams(module)
+        self._async_tracked, self._sync_tracked = _tracked_streams(module)
+
+    def async_transport(self, **kwargs: Any) -> AsyncTransportLike[Req, Resp]:
+        transport: AsyncTransportLike[Req, Resp] = self.module.AsyncHTTPTransport(**kwargs)
+        return transport
+
+    def sync_transport(self, **kwargs: Any) -> SyncTransportLike[Req, Resp]:
+        transport: SyncTransportLike[Req, Resp] = self.module.HTTPTransport(**kwargs)
+        return transport
+
+    def replayable(self, request: Req) -> bool:
+        app: Any = request
+        return isinstance(app.stream, self.ByteStream)
 
     def classify(self, exc: BaseException) -> Failure | None:
         """How a try failed, from the error the inner transport raised (``None``: not retryable
@@ -70,41 +83,22 @@ class HttpLib:
             return "reset"
         return None
 
-    def refusal(self, refusal: Refusal, request: Any) -> Exception:
+    def error(self, refusal: Refusal, request: Req) -> Exception:
         error: Exception = self._errors[refusal.kind](str(refusal), request=request)
         return error
 
-    def fault_response(self, status: int) -> Any:
-        return self.Response(
+    def fault_response(self, status: int) -> Resp:
+        response: Resp = self.Response(
             status, headers=[(b"content-type", b"text/plain")], content=b"fault filter abort"
         )
+        return response
 
-    def base_headers(self, request: Any, call: Call) -> list[tuple[bytes, bytes]]:
-        """The request's headers for every try of ``call``: the app's own, without the per-try
-        mesh headers (the mesh sets those), plus the trace context and request id of the inbound
-        request where the app did not set them itself."""
-        headers = []
-        present = set()
-        for name, value in request.headers.raw:
-            lowered = name.lower()
-            if lowered not in _PER_TRY:
-                headers.append((name, value))
-                present.add(lowered)
-        if call.context is not None:
-            headers.extend(item for item in call.trace_headers() if item[0] not in present)
-        return headers
-
-    def outgoing(
-        self, request: Any, endpoint: Endpoint, call: Call, headers: list[Any], now: float
-    ) -> Any:
-        """The request of one try: same method, path and body, sent to ``endpoint`` with the
-        mesh headers and the try's time limit (the ``Host`` header stays the service name).
-
-        The limit caps each of httpx's own connect, write, read and pool timeouts, in both
-        transports alike: a cancel scope around the whole try would cost as much as the rest of
-        the mesh's work together on every call, and the per-operation caps already bound a hung
-        or slow upstream."""
-        url = request.url
+    def outgoing(self, request: Req, send: Send) -> Req:
+        """The request of one try: same method, path and body, sent to ``send.endpoint`` with
+        ``send.headers`` (the ``Host`` header stays the service name) and ``send.timeout``."""
+        app: Any = request
+        endpoint = send.endpoint
+        url = app.url
         if self._fast_urls:
             new_url = self.URL.__new__(self.URL)
             new_url._uri_reference = url._uri_reference._replace(
@@ -112,22 +106,21 @@ class HttpLib:
             )
         else:  # pragma: no cover - an httpx without the parsed form
             new_url = url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port)
-        extensions = request.extensions
-        limit = call.limit
-        if limit is not None:
-            given: dict[str, float | None] = extensions.get("timeout") or {}
-            timeout: dict[str, float | None] = {}
-            for key in _TIMEOUT_KEYS:
-                own = given.get(key)
-                timeout[key] = limit if own is None or own > limit else own
-            extensions = {**extensions, "timeout": timeout}
-        return self.Request(
-            request.method,
-            new_url,
-            headers=headers + call.headers(now),
-            stream=request.stream,
-            extensions=extensions,
+        extensions = app.extensions
+        if send.timeout is not None:
+            extensions = {**extensions, "timeout": send.timeout}
+        outgoing: Req = self.Request(
+            app.method, new_url, headers=send.headers, stream=app.stream, extensions=extensions
         )
+        return outgoing
+
+    def track_async(self, response: Resp, call: Call, endpoint: Endpoint) -> None:
+        answer: Any = response
+        answer.stream = self._async_tracked(answer.stream, call, endpoint)
+
+    def track_sync(self, response: Resp, call: Call, endpoint: Endpoint) -> None:
+        answer: Any = response
+        answer.stream = self._sync_tracked(answer.stream, call, endpoint)
 
 
 def _tracked_streams(module: Any) -> tuple[type[Any], type[Any]]:

@@ -1,0 +1,54 @@
+"""The outbound metric children of one upstream label (a mesh service, or a pass-through host).
+
+``prometheus_client``'s ``labels()`` takes a lock and hashes the label tuple; a call pays for it
+once per label set here instead of on every request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..telemetry import MeshMetrics
+
+__all__ = ["UpstreamMetrics"]
+
+
+class UpstreamMetrics:
+    """The metric children of one upstream label, created once instead of on every call."""
+
+    __slots__ = ("_ejections", "_metrics", "_requests", "_retries", "duration", "upstream")
+
+    def __init__(self, metrics: MeshMetrics, upstream: str) -> None:
+        self._metrics = metrics
+        self.upstream = upstream
+        self._requests: dict[tuple[str, int | str], Any] = {}
+        self._retries: dict[str, Any] = {}
+        self._ejections: Any = None
+        self.duration = metrics.outbound_duration.labels(metrics.service, upstream)
+
+    def request(self, method: str, status: int | str, seconds: float) -> None:
+        key = (method, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._metrics.outbound_requests.labels(
+                self._metrics.service, self.upstream, method, str(status)
+            )
+            self._requests[key] = child
+        child.inc()
+        self.duration.observe(seconds)
+
+    def retry(self, reason: str) -> None:
+        child = self._retries.get(reason)
+        if child is None:
+            child = self._metrics.outbound_retries.labels(
+                self._metrics.service, self.upstream, reason
+            )
+            self._retries[reason] = child
+        child.inc()
+
+    def ejection(self) -> None:
+        if self._ejections is None:
+            self._ejections = self._metrics.outbound_ejections.labels(
+                self._metrics.service, self.upstream
+            )
+        self._ejections.inc()
