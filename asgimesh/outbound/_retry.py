@@ -11,6 +11,7 @@ not a one-shot stream) is ever retried.
 from __future__ import annotations
 
 import math
+import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -73,16 +74,22 @@ class RetryBudgetWindow:
     upstream already sees, so a failing upstream is not hit by a retry storm, while a floor keeps
     retries possible for a service that gets few requests. Counts are kept in ten buckets per
     ``ttl``, so a deposit and a withdrawal are O(1) and the window slides in ``ttl/10`` steps.
+
+    The budget is a safety limit, and one sync client is shared by a WSGI server's threads (the
+    Flask and Django plugins): every update takes a lock, so check-then-take is one step and
+    threads can never withdraw more than the window allows. Uncontended (asyncio, one thread)
+    the lock costs tens of nanoseconds.
     """
 
     BUCKETS = 10
 
-    __slots__ = ("_bucket", "_requests", "_retries", "_sum_requests", "_sum_retries", "_width",
-                 "min_per_second", "ratio", "ttl")
+    __slots__ = ("_bucket", "_lock", "_requests", "_retries", "_sum_requests", "_sum_retries",
+                 "_width", "min_per_second", "ratio", "ttl")
 
     def __init__(self, ratio: float, min_per_second: float, ttl: float, now: float = 0.0) -> None:
         self.ratio = ratio
         self.min_per_second = min_per_second
+        self._lock = threading.Lock()
         self._window(ttl, now)
 
     def _window(self, ttl: float, now: float) -> None:
@@ -96,10 +103,11 @@ class RetryBudgetWindow:
 
     def configure(self, ratio: float, min_per_second: float, ttl: float, now: float) -> None:
         """Apply a new policy's budget, keeping the counts when the window is unchanged."""
-        self.ratio = ratio
-        self.min_per_second = min_per_second
-        if ttl != self.ttl:
-            self._window(ttl, now)
+        with self._lock:
+            self.ratio = ratio
+            self.min_per_second = min_per_second
+            if ttl != self.ttl:
+                self._window(ttl, now)
 
     def _advance(self, now: float) -> int:
         bucket = math.floor(now / self._width)
@@ -116,21 +124,25 @@ class RetryBudgetWindow:
 
     def deposit(self, now: float) -> None:
         """Count one request (a call's first try)."""
-        slot = self._advance(now)
-        self._requests[slot] += 1
-        self._sum_requests += 1
+        with self._lock:
+            slot = self._advance(now)
+            self._requests[slot] += 1
+            self._sum_requests += 1
 
     def withdraw(self, now: float) -> bool:
         """Take one retry from the budget if there is one; ``False`` when spent."""
-        slot = self._advance(now)
-        allowed = self.min_per_second * self.ttl + self.ratio * self._sum_requests
-        if self._sum_retries + 1 > allowed:
-            return False
-        self._retries[slot] += 1
-        self._sum_retries += 1
-        return True
+        with self._lock:
+            slot = self._advance(now)
+            allowed = self.min_per_second * self.ttl + self.ratio * self._sum_requests
+            if self._sum_retries + 1 > allowed:
+                return False
+            self._retries[slot] += 1
+            self._sum_retries += 1
+            return True
 
     def balance(self, now: float) -> float:
         """Retries still allowed right now (for tests and status pages)."""
-        self._advance(now)
-        return self.min_per_second * self.ttl + self.ratio * self._sum_requests - self._sum_retries
+        with self._lock:
+            self._advance(now)
+            spent = self._sum_retries
+            return self.min_per_second * self.ttl + self.ratio * self._sum_requests - spent

@@ -113,3 +113,46 @@ def test_budget_reconfigure_keeps_counts_unless_window_changes() -> None:
     assert budget.balance(0.0) == pytest.approx(10.0)
     budget.configure(0.0, 2, 5, 0.0)
     assert budget.balance(0.0) == pytest.approx(10.0)  # new window: counts start afresh
+
+
+def test_the_budget_is_exact_when_threads_share_it() -> None:
+    """Issue 7.5: a sync client shared by a WSGI server's threads. Threads that switch between
+    the budget's check and its take must never get more retries than the window allows.
+
+    CPython 3.11 rarely switches threads inside those few bytecodes, so the test makes it
+    switch there: the bucket list yields the GIL (``time.sleep(0)``) when a slot is read, which
+    happens after the check and before the take. Without the lock, threads then get more."""
+    import sys
+    import threading
+    import time
+
+    from asgimesh.outbound._retry import RetryBudgetWindow
+
+    class YieldingList(list[int]):
+        def __getitem__(self, index: object) -> int:  # type: ignore[override]
+            time.sleep(0)
+            return super().__getitem__(index)  # type: ignore[index]
+
+    budget = RetryBudgetWindow(ratio=0.0, min_per_second=50.0, ttl=10.0)  # 500 retries
+    budget._retries = YieldingList(budget._retries)
+    barrier = threading.Barrier(8)
+    taken = [0] * 8
+
+    def hammer(index: int) -> None:
+        barrier.wait()
+        for _ in range(400):
+            if budget.withdraw(1.0):
+                taken[index] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sum(taken) == 500
+    assert budget.balance(1.0) == 0
