@@ -23,6 +23,27 @@ def client_for(app: Any) -> httpx.AsyncClient:
     )
 
 
+def http_scope(path: str) -> dict[str, Any]:
+    """A minimal HTTP scope, for tests that call the middleware as a server would."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def empty_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 class Recorder:
     """A raw ASGI app that records each call and answers 200 with the given messages."""
 
@@ -82,30 +103,14 @@ async def test_messages_pass_through_one_by_one(make_runtime) -> None:
     app = Recorder(b"a", b"b", b"c")
     sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    await MeshMiddleware(app, runtime=make_runtime())(scope, receive, send)
+    await MeshMiddleware(app, runtime=make_runtime())(http_scope("/"), empty_body, send)
     assert [m["type"] for m in sent] == ["http.response.start", *["http.response.body"] * 3]
     assert [m["body"] for m in sent[1:]] == [b"a", b"b", b"c"]
     assert [m["more_body"] for m in sent[1:]] == [True, True, False]
-    assert app.calls[0]["receive"] is receive
+    assert app.calls[0]["receive"] is empty_body
 
 
 async def test_app_message_dicts_are_not_mutated(make_runtime) -> None:
@@ -179,23 +184,6 @@ async def test_a_failing_request_leaves_no_reference_cycle(make_runtime) -> None
         raise RuntimeError("boom")
 
     middleware = MeshMiddleware(app, runtime=make_runtime(service="web"))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/boom",
-        "raw_path": b"/boom",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"mesh.test")],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 80),
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: Any) -> None:
         pass
@@ -206,7 +194,7 @@ async def test_a_failing_request_leaves_no_reference_cycle(make_runtime) -> None
         try:
             for _ in range(20):
                 with pytest.raises(RuntimeError):
-                    await target(dict(scope), receive, send)
+                    await target(http_scope("/boom"), empty_body, send)
             return gc.collect()
         finally:
             gc.enable()
