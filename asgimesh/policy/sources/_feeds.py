@@ -103,7 +103,7 @@ class HttpFeed:
                     if len(line) > MAX_ENVELOPE:
                         raise FeedUnavailableError("the control plane sent an oversized version")
                     if line.strip():
-                        yield _line(line)
+                        yield _json_object(line)
         except httpx.HTTPError as exc:
             raise _unavailable(exc) from None
 
@@ -148,22 +148,17 @@ def _envelope(status: int, body: bytes) -> dict[str, Any] | None:
     if status != 200:
         text = body[:400].decode("utf-8", "replace")
         raise FeedUnavailableError(f"HTTP {status}: {bounded(redact(text))}")
+    return _json_object(body)
+
+
+def _json_object(text: str | bytes) -> dict[str, Any]:
+    """One JSON object from the control plane: a whole answer, or one line of a stream."""
     try:
-        data = json.loads(body)
+        data = json.loads(text)
     except (ValueError, RecursionError):
-        raise FeedUnavailableError("the control plane did not answer with JSON") from None
+        raise FeedUnavailableError("the control plane did not send JSON") from None
     if not isinstance(data, dict):
         raise FeedUnavailableError("expected a JSON object from the control plane")
-    return data
-
-
-def _line(line: str) -> dict[str, Any]:
-    try:
-        data = json.loads(line)
-    except (ValueError, RecursionError):
-        raise FeedUnavailableError("the control plane sent a line that is not JSON") from None
-    if not isinstance(data, dict):
-        raise FeedUnavailableError("expected JSON objects from the control plane")
     return data
 
 
