@@ -67,7 +67,7 @@ class FilePolicySource:
             self._seen = stamp
             try:
                 snapshot = self._store.apply(read_policy_file(self.path), source=self.name)
-            except PolicyError as error:
-                log.warning("policy_reload_refused", source=self.name, problems=error.problems)
+            except PolicyError:
+                pass  # the store's failure listeners logged and counted it, once
             else:
                 log.info("policy_reloaded", source=self.name, version=snapshot.version)
