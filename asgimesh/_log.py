@@ -20,12 +20,13 @@ token, a cookie or URL credentials; :func:`redact` is the one scrubber for text 
 
 from __future__ import annotations
 
-import logging
+import json
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -36,31 +37,33 @@ __all__ = ["MeshLogger", "Throttle", "describe_error", "get_logger", "redact"]
 MAX_TEXT = 200
 
 
-class _Stderr:
-    """``sys.stderr`` looked up at each write, so hosts and tests that replace it are followed."""
+class _OwnLogger:
+    """The pipeline for hosts that have not configured structlog: one JSON line per event on
+    stderr (looked up at each write, so hosts and tests that replace it are followed), INFO and
+    above, with the fields structlog's JSON processors would give (``logger``, ``event``, the
+    event's own, ``level``, ``timestamp``) and never a traceback.
 
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+    It is the three processors' work done in one call rather than through a bound logger:
+    an app that fails on every request pays for this line each time (about 3 µs instead of 8).
+    """
 
-    def flush(self) -> None:
-        sys.stderr.flush()
+    __slots__ = ("_file", "_name")
 
+    def __init__(self, name: str, file: TextIO | None) -> None:
+        self._name = name
+        self._file = file
 
-def _never_traceback(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    # Nothing in the mesh passes exc_info; should anything (a host's processor, say) add it, it
-    # is dropped here rather than rendered, with the locals that a pretty renderer would show.
-    event.pop("exc_info", None)
-    event.pop("stack_info", None)
-    return event
-
-
-_OWN_PROCESSORS: list[Any] = [
-    _never_traceback,
-    structlog.processors.add_log_level,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-    structlog.processors.JSONRenderer(),
-]
-_OWN_CLASS: Any = structlog.make_filtering_bound_logger(logging.INFO)
+    def emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        # Nothing in the mesh passes exc_info; should a caller, it is dropped here rather than
+        # rendered, with the locals that a pretty renderer would show.
+        fields.pop("exc_info", None)
+        fields.pop("stack_info", None)
+        line = {"logger": self._name, "event": event, **fields, "level": level}
+        line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        text = json.dumps(line, default=repr) + "\n"
+        file = self._file if self._file is not None else sys.stderr
+        file.write(text)
+        file.flush()
 
 
 class MeshLogger:
@@ -68,31 +71,37 @@ class MeshLogger:
 
     Each call goes to the host's structlog configuration when there is one (decided at the call,
     so a host that configures structlog after importing the mesh is followed), else to the mesh's
-    own minimal pipeline. Events are rare (errors, reloads) but for the opt-in access log, where
-    the choice costs one attribute read.
+    own minimal pipeline. Events are rare (errors, reloads) but for the opt-in access log and an
+    app that fails on every request, where the choice costs one function call.
     """
 
     __slots__ = ("_host", "_own")
 
     def __init__(self, name: str, file: TextIO | None = None) -> None:
         self._host: Any = structlog.get_logger(name)
-        printer = structlog.PrintLogger(file if file is not None else _Stderr())  # type: ignore[arg-type]
-        self._own: Any = _OWN_CLASS(printer, _OWN_PROCESSORS, {"logger": name})
-
-    def _target(self) -> Any:
-        return self._host if structlog.is_configured() else self._own
+        self._own = _OwnLogger(name, file)
 
     def debug(self, event: str, **fields: Any) -> None:
-        self._target().debug(event, **fields)
+        if structlog.is_configured():  # below the own pipeline's INFO: dropped
+            self._host.debug(event, **fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self._target().info(event, **fields)
+        if structlog.is_configured():
+            self._host.info(event, **fields)
+        else:
+            self._own.emit("info", event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._target().warning(event, **fields)
+        if structlog.is_configured():
+            self._host.warning(event, **fields)
+        else:
+            self._own.emit("warning", event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self._target().error(event, **fields)
+        if structlog.is_configured():
+            self._host.error(event, **fields)
+        else:
+            self._own.emit("error", event, fields)
 
 
 def get_logger(name: str) -> MeshLogger:

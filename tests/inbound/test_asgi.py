@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import traceback
 from typing import Any
 
 import httpx
@@ -223,7 +224,11 @@ async def test_app_exception_is_reraised_unchanged_and_logged(make_runtime) -> N
     assert entry["log_level"] == "error"
     assert entry["request_id"] == "r-9"
     assert entry["path"] == "/explode"
-    assert (entry["error_type"], entry["message"], entry["status"]) == ("ValueError", "bad things", 500)
+    assert (entry["error_type"], entry["message"], entry["status"]) == (
+        "ValueError",
+        "bad things",
+        500,
+    )
     assert entry["trace_id"] and "exc_info" not in entry
     assert (
         runtime.metrics.registry.get_sample_value(
@@ -231,6 +236,29 @@ async def test_app_exception_is_reraised_unchanged_and_logged(make_runtime) -> N
         )
         == 1
     )
+
+
+async def test_the_servers_traceback_starts_at_the_apps_frame(make_runtime) -> None:
+    """The server prints the traceback of the re-raised error: the app's frames, all of them,
+    and not the middleware's (it tells the reader nothing and costs the server time to format
+    per failure, bench_app_errors.py)."""
+
+    async def handler() -> None:
+        raise RuntimeError("boom")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await handler()
+
+    middleware = MeshMiddleware(app, runtime=make_runtime(service="web"))
+
+    async def send(message: Any) -> None:
+        pass
+
+    with structlog.testing.capture_logs(), pytest.raises(RuntimeError) as caught:
+        await middleware(http_scope("/boom"), empty_body, send)
+    names = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+    assert names[-2:] == ["app", "handler"], names
+    assert "__call__" not in names, names
 
 
 async def test_app_returning_without_a_response_counts_as_500(make_runtime) -> None:
