@@ -93,6 +93,12 @@ def golden(previous: Reading, current: Reading, elapsed: float) -> Golden:
     )
 
 
+def process_instance_name() -> str:
+    """This process's instance name: host, pid and a few random hex digits (a forked worker
+    takes a new one, so its reports are not mistaken for its parent's)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 class InstanceReport:
     """Makes this instance's reports, each covering the time since the one before."""
 
@@ -106,13 +112,15 @@ class InstanceReport:
     ) -> None:
         self.service = service
         #: Unique per process, readable by people: host, pid and a few random hex digits.
-        self.instance = instance or (
-            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        )
+        self.instance = instance or process_instance_name()
         self._registry = registry
         self._clock = clock
         self._reading = Reading()
         self._read_at = clock()
+
+    def rename_for_this_process(self) -> None:
+        """In a forked child: a name of its own (the parent's has the parent's pid)."""
+        self.instance = process_instance_name()
 
     def __call__(self, policy_version: int) -> dict[str, Any]:
         now = self._clock()
