@@ -60,7 +60,9 @@ class MeshRuntime:
         self.identity_source: IdentitySource | None = identity_source_for(
             self.settings, self.identity
         )
-        self.reporter = InstanceReport(self.metrics.registry, self.settings.service)
+        self.reporter = InstanceReport(
+            self.metrics.registry, self.settings.service, prefix=self.settings.instance
+        )
         self.source: PolicySource | None = policy_source_for(
             self.settings, self.policy, reporter=self.reporter
         )

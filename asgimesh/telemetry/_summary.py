@@ -93,9 +93,12 @@ def golden(previous: Reading, current: Reading, elapsed: float) -> Golden:
     )
 
 
-def process_instance_name() -> str:
-    """This process's instance name: host, pid and a few random hex digits (a forked worker
-    takes a new one, so its reports are not mistaken for its parent's)."""
+def process_instance_name(prefix: str | None = None) -> str:
+    """This process's instance name: ``prefix`` (``MESH_INSTANCE``) and the pid, else host, pid
+    and a few random hex digits. A forked worker takes a new one, so that its reports are not
+    mistaken for its parent's; the pid keeps gunicorn's workers apart under one prefix."""
+    if prefix:
+        return f"{prefix}-{os.getpid()}"
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
@@ -108,11 +111,13 @@ class InstanceReport:
         service: str,
         *,
         instance: str | None = None,
+        prefix: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.service = service
-        #: Unique per process, readable by people: host, pid and a few random hex digits.
-        self.instance = instance or process_instance_name()
+        self._prefix = prefix
+        #: Unique per process, readable by people (see :func:`process_instance_name`).
+        self.instance = instance or process_instance_name(prefix)
         self._registry = registry
         self._clock = clock
         self._reading = Reading()
@@ -120,7 +125,7 @@ class InstanceReport:
 
     def rename_for_this_process(self) -> None:
         """In a forked child: a name of its own (the parent's has the parent's pid)."""
-        self.instance = process_instance_name()
+        self.instance = process_instance_name(self._prefix)
 
     def __call__(self, policy_version: int) -> dict[str, Any]:
         now = self._clock()
