@@ -8,7 +8,9 @@ that want several isolated runtimes build :class:`MeshRuntime` themselves and pa
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -58,10 +60,11 @@ class MeshRuntime:
         self.identity_source: IdentitySource | None = identity_source_for(
             self.settings, self.identity
         )
+        self.reporter = InstanceReport(
+            self.metrics.registry, self.settings.service, prefix=self.settings.instance
+        )
         self.source: PolicySource | None = policy_source_for(
-            self.settings,
-            self.policy,
-            reporter=InstanceReport(self.metrics.registry, self.settings.service),
+            self.settings, self.policy, reporter=self.reporter
         )
         #: Call once per request (inbound middleware, outbound transports): lets a config source
         #: without background work (serverless mode) refresh. Never blocks; a no-op otherwise.
@@ -78,6 +81,24 @@ class MeshRuntime:
             self.identity_source.load()
             if start:
                 self.identity_source.start()
+        if start:
+            _running.add(self)
+
+    def restart_in_child(self) -> None:
+        """Background work again, in a child forked from the process that started it.
+
+        A fork copies the runtime but none of its threads: a gunicorn ``--preload`` worker (the
+        app, and so the runtime, built in the master) would otherwise serve with the master's
+        policy forever and never renew its certificate. :func:`os.register_at_fork` calls this
+        in every child of a process with running runtimes; the child reports under a name of
+        its own.
+        """
+        self._lock = threading.Lock()
+        self.reporter.rename_for_this_process()
+        if self.source is not None:
+            self.source.start()
+        if self.identity_source is not None:
+            self.identity_source.start()
 
     @property
     def snapshot(self) -> PolicySnapshot:
@@ -148,6 +169,7 @@ class MeshRuntime:
     def close(self) -> None:
         """Stop background work (the config source's watcher, identity renewal) and remove the
         identity's private files."""
+        _running.discard(self)
         if self.source is not None:
             self.source.close()
         if self.identity_source is not None:
@@ -170,6 +192,17 @@ def _combined(*hooks: Callable[[], None] | None) -> Callable[[], None] | None:
 
 _runtime: MeshRuntime | None = None
 _lock = threading.Lock()
+#: Runtimes whose background work runs (started, not closed): restarted in forked children.
+_running: weakref.WeakSet[MeshRuntime] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for runtime in list(_running):
+        runtime.restart_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_runtime() -> MeshRuntime:

@@ -97,11 +97,19 @@ class MeshSettings(BaseSettings):
     )
     access_log: bool = False
     log_format: Literal["json", "console"] = "json"
+    #: This instance's name in reports, ``asgimesh status`` and the dashboard (the process id
+    #: is added); unset: host name, process id and a few random hex digits.
+    instance: str | None = None
 
     @field_validator("service", "namespace", "trust_domain")
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return _check_name(value)
+
+    @field_validator("instance")
+    @classmethod
+    def _valid_instance(cls, value: str | None) -> str | None:
+        return _check_name(value) if value else None
 
     @field_validator("config")
     @classmethod

@@ -56,6 +56,7 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None
         ("MESH_CONFIG", "policy.txt", "MESH_CONFIG='policy.txt': expected a policy file"),
         ("MESH_UPSTREAMS", "payments", "MESH_UPSTREAMS='payments': expected service=url"),
         ("MESH_UPSTREAMS", "p=ftp://x", "expected an http:// or https:// endpoint for 'p'"),
+        ("MESH_INSTANCE", "payments 2", "MESH_INSTANCE='payments 2': expected a name"),
     ],
 )
 def test_bad_values_name_variable_value_and_expectation(

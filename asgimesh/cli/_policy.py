@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+import yaml
+
 from .._errors import PolicyError
 from ..policy import parse_document, read_policy_file, validate_document
 from ._client import EXIT_INVALID, CommandFailedError, add_server_options, call, fail
@@ -27,7 +29,16 @@ def register(commands: Any) -> None:
     add_server_options(apply)
     apply.set_defaults(handler=apply_command)
 
-    get = actions.add_parser("get", help="print the current version and policy as JSON")
+    get = actions.add_parser(
+        "get",
+        help="print the current policy document (what `policy apply` takes back as is)",
+        description="Print the current policy document on stdout, as JSON or YAML, in the shape "
+        "`policy apply` accepts, so that get > file, edit, apply file works; the version it is "
+        "goes to stderr.",
+    )
+    get.add_argument(
+        "-o", "--output", choices=["json", "yaml"], default="json", help="format (default json)"
+    )
     add_server_options(get, token=False)
     get.set_defaults(handler=get_command)
 
@@ -71,8 +82,26 @@ def get_command(args: argparse.Namespace) -> int:
     except CommandFailedError as error:
         return fail(error)
     body = response.json()
-    print(json.dumps({"version": body["version"], "policy": body["policy"]}, indent=2))
+    print(_render(body["policy"], args.output), end="")
+    print(f"asgimesh: policy version {body['version']}", file=sys.stderr)
     return 0
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Never writes anchors or aliases (equal sub-documents would get them), which policy
+    documents refuse."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _render(document: dict[str, Any], fmt: str) -> str:
+    """The bare document, not the server's ``{"version", "policy"}`` envelope: ``apply`` would
+    refuse ``policy`` as an unknown field. Keys keep the server's order; YAML quotes what a
+    YAML 1.1 reader would take for a boolean (``'on'``), which our reader accepts as well."""
+    if fmt == "yaml":
+        return yaml.dump(document, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True)
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 def history_command(args: argparse.Namespace) -> int:

@@ -50,6 +50,8 @@ class HttpBinding(Generic[Req, Resp]):
             "circuit-open": circuit_open,
             "deadline": deadline_exceeded,
             "budget": retry_budget_exhausted,
+            # The per-try timeout ended the call: httpx's own class, the mesh's message.
+            "per-try": module.ReadTimeout,
         }
         self._connect = (module.ConnectError, module.ConnectTimeout)
         self._timeout = (module.ReadTimeout, module.WriteTimeout)

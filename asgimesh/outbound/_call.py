@@ -53,6 +53,7 @@ class Call:
         "context",
         "deadline",
         "deadline_bound",
+        "deadline_limit",
         "delay",
         "endpoint",
         "idempotent",
@@ -89,8 +90,13 @@ class Call:
         self.context = context
         self.started = now
         deadline = None if config.timeout is None else now + config.timeout
-        if context is not None and context.deadline is not None:
-            deadline = context.deadline if deadline is None else min(deadline, context.deadline)
+        #: Which limit the deadline is, with its value, for the error that names it.
+        self.deadline_limit = f"the call timeout, {_duration(config.timeout or 0.0)}"
+        inbound = None if context is None else context.deadline
+        if inbound is not None and (deadline is None or inbound < deadline):
+            deadline = inbound
+            left = _duration(max(inbound - now, 0.0))
+            self.deadline_limit = f"the inbound request's deadline, {left} left at the call"
         #: Absolute deadline on the injected clock: the call timeout capped by the inbound one.
         self.deadline = deadline
         #: This call's span: a child of the inbound request's span, one per call.
@@ -320,10 +326,10 @@ class Call:
         self.upstream.failed(endpoint, now - self.try_started, self._penalty(), now)
         reason = retry_reason(self.config, self.idempotent, self.replayable, failure=failure)
         if reason is None or self.attempt > self.config.attempts:
-            return self._fail(None, now)
+            return self._fail(self._per_try_refusal(timed_out), now)
         delay = self._backoff()
         if remaining is not None and delay >= remaining:
-            return self._fail(None, now)
+            return self._fail(self._per_try_refusal(timed_out), now)
         if not self.upstream.budget.withdraw(now):
             return self._fail(
                 Refusal(
@@ -348,10 +354,32 @@ class Call:
         self.upstream.metrics.request(self.method, status, now - self.started)
 
     def deadline_message(self) -> str:
-        budget = self.config.timeout
-        inbound = self.context is not None and self.context.deadline is not None
-        source = "the inbound request's deadline" if inbound else f"the call timeout ({budget}s)"
+        """Names the limit that ran out: the call timeout, or the inbound request's deadline
+        when that came first, each with its value (an operator tunes the one named)."""
         return (
             f"{self.method} to {self.upstream.name!r}: deadline passed after "
-            f"{self.attempt} tries ({source})"
+            f"{_tries(self.attempt)} ({self.deadline_limit})"
         )
+
+    def _per_try_refusal(self, timed_out: bool) -> Refusal | None:
+        """A try cut by the per-try timeout (not the deadline) ends the call: a refusal whose
+        error is still httpx's ``ReadTimeout``, but says which limit ran out. ``None`` (the
+        transport's own error stands) for any other failure."""
+        if not timed_out or self.deadline_bound or self.limit is None:
+            return None
+        return Refusal(
+            "per-try",
+            f"{self.method} to {self.upstream.name!r}: timed out after {_tries(self.attempt)} "
+            f"(the per-try timeout, {_duration(self.limit)})",
+        )
+
+
+def _tries(count: int) -> str:
+    return "1 try" if count == 1 else f"{count} tries"
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a policy document writes them: ``1ms``, ``250ms``, ``2s``, ``1.5s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000, 3):g}ms"
+    return f"{round(seconds, 3):g}s"

@@ -14,6 +14,6 @@ class Refusal(Exception):  # noqa: N818 - a decision, not an error: shells turn 
     """A call the mesh refuses before or between tries; the shell raises its httpx error."""
 
     def __init__(self, kind: str, message: str) -> None:
-        #: ``no-endpoints``, ``circuit-open``, ``deadline`` or ``budget``.
+        #: ``no-endpoints``, ``circuit-open``, ``deadline``, ``per-try`` or ``budget``.
         self.kind = kind
         super().__init__(message)

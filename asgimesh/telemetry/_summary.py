@@ -93,6 +93,15 @@ def golden(previous: Reading, current: Reading, elapsed: float) -> Golden:
     )
 
 
+def process_instance_name(prefix: str | None = None) -> str:
+    """This process's instance name: ``prefix`` (``MESH_INSTANCE``) and the pid, else host, pid
+    and a few random hex digits. A forked worker takes a new one, so that its reports are not
+    mistaken for its parent's; the pid keeps gunicorn's workers apart under one prefix."""
+    if prefix:
+        return f"{prefix}-{os.getpid()}"
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 class InstanceReport:
     """Makes this instance's reports, each covering the time since the one before."""
 
@@ -102,17 +111,21 @@ class InstanceReport:
         service: str,
         *,
         instance: str | None = None,
+        prefix: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.service = service
-        #: Unique per process, readable by people: host, pid and a few random hex digits.
-        self.instance = instance or (
-            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        )
+        self._prefix = prefix
+        #: Unique per process, readable by people (see :func:`process_instance_name`).
+        self.instance = instance or process_instance_name(prefix)
         self._registry = registry
         self._clock = clock
         self._reading = Reading()
         self._read_at = clock()
+
+    def rename_for_this_process(self) -> None:
+        """In a forked child: a name of its own (the parent's has the parent's pid)."""
+        self.instance = process_instance_name(self._prefix)
 
     def __call__(self, policy_version: int) -> dict[str, Any]:
         now = self._clock()

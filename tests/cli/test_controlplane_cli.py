@@ -46,7 +46,8 @@ def test_apply_get_history_rollback(cp, policy_files) -> None:
     asgimesh("policy", "apply", str(good), "--server", cp.url, "--token", TOKEN)
 
     got = asgimesh("policy", "get", "--server", cp.url)
-    assert got.returncode == 0 and '"version": 2' in got.stdout and '"timeout": "3s"' in got.stdout
+    assert got.returncode == 0 and '"timeout": "3s"' in got.stdout
+    assert got.stderr.strip() == "asgimesh: policy version 2"
 
     rolled = asgimesh(
         "policy", "rollback", "1", env={"MESH_CONFIG": cp.url, "MESH_ADMIN_TOKEN": TOKEN}
@@ -57,6 +58,73 @@ def test_apply_get_history_rollback(cp, policy_files) -> None:
 
     unknown = asgimesh("policy", "rollback", "42", "--server", cp.url, "--token", TOKEN)
     assert unknown.returncode == 1 and "version 42 is not in the history" in unknown.stderr
+
+
+ROUND_TRIP = """\
+defaults:
+  timeout: 3s
+  retries:
+    on: [connect-failure, 503]
+services:
+  payments:
+    endpoints: [http://127.0.0.1:8001, http://127.0.0.1:8002]
+    routes:
+      - match: {method: POST, path: /charge}
+        retries: {attempts: 0}
+    split: [{service: payments-v2, weight: 10}]
+    fault: {abort: {percent: 5, status: 503}}
+  payments-v2:
+    endpoints: [http://127.0.0.1:8003]
+inbound:
+  payments:
+    authorization:
+      - allow: {from: [spiffe://mesh.local/ns/default/sa/orders], methods: [POST], paths: [/charge]}
+    rate_limit: {requests_per_second: 100, burst: 200}
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_policy_get_output_is_accepted_by_apply_as_is(cp, tmp_path, fmt) -> None:
+    """The operator's loop: get > file, edit, apply file. The edited value arrives, nothing
+    else changes, through a file and through stdin alike."""
+    source = tmp_path / "start.yaml"
+    source.write_text(ROUND_TRIP)
+    first = asgimesh("policy", "apply", str(source), "--server", cp.url, "--token", TOKEN)
+    assert first.returncode == 0, first.stderr
+
+    got = asgimesh("policy", "get", "--server", cp.url, "--output", fmt)
+    assert got.returncode == 0, got.stderr
+    assert "asgimesh: policy version 1" in got.stderr
+    edited = tmp_path / f"edited.{fmt}"
+    edited.write_text(got.stdout.replace("3s", "4s"))
+    again = asgimesh("policy", "apply", str(edited), "--server", cp.url, "--token", TOKEN)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith("applied as version 2")
+
+    piped = subprocess.run(
+        [sys.executable, "-m", "asgimesh", "policy", "apply", "-", "--server", cp.url],
+        input=got.stdout,
+        env=subprocess_env({"MESH_ADMIN_TOKEN": TOKEN}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+
+    latest = httpx.get(cp.url + "/v1/policy").json()
+    stored = latest["policy"]
+    assert latest["version"] == 3
+    assert stored["defaults"]["timeout"] == "3s"  # the piped copy was not edited
+    assert stored["defaults"]["retries"]["on"] == ["connect-failure", 503]
+    allow = stored["inbound"]["payments"]["authorization"][0]["allow"]
+    assert allow["from"] == ["spiffe://mesh.local/ns/default/sa/orders"]
+    history = httpx.get(
+        cp.url + "/v1/policy/history", headers={"authorization": f"Bearer {TOKEN}"}
+    ).json()["versions"]
+    by_version = {entry["version"]: entry["policy"] for entry in history}
+    assert by_version[2]["defaults"]["timeout"] == "4s"
+    assert {**by_version[2], "defaults": None} == {**by_version[1], "defaults": None}
+    assert by_version[3] == by_version[1]
 
 
 def test_an_invalid_file_prints_every_problem_and_sends_nothing(cp, policy_files) -> None:

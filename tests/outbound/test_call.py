@@ -73,7 +73,34 @@ def test_inbound_deadline_caps_the_call() -> None:
     assert make_call(context=context).span_id != call.span_id  # one child span per call
     with pytest.raises(Refusal) as caught:
         call.begin_try(0.2)
-    assert caught.value.kind == "deadline" and "inbound request's deadline" in str(caught.value)
+    assert caught.value.kind == "deadline"
+    assert str(caught.value).endswith(
+        "deadline passed after 1 try (the inbound request's deadline, 200ms left at the call)"
+    )
+
+
+def test_deadline_error_names_the_limit_that_ran_out() -> None:
+    """A 1 ms service timeout inside a request with 10 s left is the call timeout's doing."""
+    context = MeshContext(request_id="r", trace_id="a" * 32, span_id="b" * 16, deadline=10.0)
+    short = make_call(service={"timeout": "1ms"}, context=context)
+    short.begin_try(0.0)
+    message = str(refused(short.failed("timeout", 0.001, timed_out=True)))
+    assert message == "GET to 'svc': deadline passed after 1 try (the call timeout, 1ms)"
+    alone = make_call(service={"timeout": "2s", "per_try_timeout": "5s"})
+    with pytest.raises(Refusal, match=r"after 0 tries \(the call timeout, 2s\)$"):
+        alone.begin_try(2.0)
+
+
+def test_per_try_timeout_that_ends_the_call_is_named() -> None:
+    post = make_call("POST", service={"timeout": "5s", "per_try_timeout": "250ms"})
+    post.begin_try(0.0)
+    refusal = refused(post.failed("timeout", 0.25, timed_out=True))  # POST: not retried
+    assert refusal.kind == "per-try"
+    assert str(refusal) == "POST to 'svc': timed out after 1 try (the per-try timeout, 250ms)"
+    # Any other failure that ends the call leaves the transport's own error as it is.
+    reset = make_call("POST")
+    reset.begin_try(0.0)
+    assert reset.failed("reset", 0.01) == Fail(None)
 
 
 def test_503_on_get_is_retried_elsewhere_post_is_not() -> None:

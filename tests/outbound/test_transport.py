@@ -168,6 +168,7 @@ def test_deadline_exceeded(mesh: Any, fake_upstreams: Any) -> None:
     with pytest.raises(d.mesh.DeadlineExceeded) as caught:
         d.request("GET", "http://pay/")
     assert isinstance(caught.value, d.mod.TimeoutException)
+    assert str(caught.value).endswith("(the call timeout, 300ms)")
     assert 0.25 < time.monotonic() - start < 1.5
     assert sample(d.runtime, "mesh_outbound_requests_total", upstream="pay", method="GET", status="error") == 1
 
@@ -176,7 +177,7 @@ def test_per_try_timeout_without_retry_is_a_read_timeout(mesh: Any, fake_upstrea
     (hang,) = fake_upstreams.get(1)
     fake_upstreams.control(hang, "hang")
     d = mesh({"pay": {"endpoints": [hang], "timeout": "3s", "per_try_timeout": "200ms"}})
-    with pytest.raises(d.mod.ReadTimeout):
+    with pytest.raises(d.mod.ReadTimeout, match=r"the per-try timeout, 200ms\)$"):
         d.request("POST", "http://pay/")
 
 

@@ -50,3 +50,17 @@ def test_instance_report_covers_the_interval_since_the_last_one() -> None:
     second = report(8)
     assert (second["requests"], second["success_rate"]) == (0, None)
     assert InstanceReport(metrics.registry, "orders").instance != report.instance
+
+
+def test_instance_names_say_which_process() -> None:
+    import os
+
+    from prometheus_client import CollectorRegistry
+
+    from asgimesh.telemetry import InstanceReport
+
+    named = InstanceReport(CollectorRegistry(), "payments", prefix="payments-2-flaky")
+    assert named.instance == f"payments-2-flaky-{os.getpid()}"
+    default = InstanceReport(CollectorRegistry(), "payments")
+    assert f"-{os.getpid()}-" in default.instance
+    assert default.instance != InstanceReport(CollectorRegistry(), "payments").instance

@@ -40,7 +40,9 @@ class FilePolicySource:
         self._store.apply(read_policy_file(self.path), source=self.name)
 
     def start(self) -> None:
-        if self._thread is None:
+        """Start the watcher, unless it runs: again in a forked child, whose copy of the
+        parent's thread is not alive."""
+        if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(
                 target=self._run, name="asgimesh-policy-file", daemon=True
             )

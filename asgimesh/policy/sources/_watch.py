@@ -104,8 +104,14 @@ class ControlPlaneSource:
         _run_in_thread(self._once, FIRST_LOAD_TIMEOUT)
 
     def start(self) -> None:
-        if self.options.refresh is not None or self._thread is not None:
+        """Start the watch, unless it runs: again in a forked child (gunicorn ``--preload``),
+        whose copy of the parent's thread is not alive and whose event loop is the parent's."""
+        if self.options.refresh is not None:
             return
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._loop = self._scope = None
+        self._lock = threading.Lock()  # the parent's may have been held by a thread now gone
         self._thread = threading.Thread(
             target=self._thread_main, name="asgimesh-controlplane-watch", daemon=True
         )

@@ -16,7 +16,14 @@ from typing import Annotated, Any
 import httpx
 from fastapi import Depends, FastAPI, Request
 
-from asgimesh import AsyncMeshTransport, MeshContext, MeshMiddleware, MeshRuntime, current_context
+from asgimesh import (
+    AsyncMeshTransport,
+    MeshContext,
+    MeshMiddleware,
+    MeshRuntime,
+    current_context,
+    get_runtime,
+)
 
 __all__ = ["MeshClient", "MeshContextDep", "install", "mesh_client", "mesh_context"]
 
@@ -26,9 +33,17 @@ _STATE_INSTALLED = "asgimesh_installed"
 
 
 def install(app: FastAPI, *, runtime: MeshRuntime | None = None) -> FastAPI:
-    """Put the mesh in front of ``app``; returns ``app`` for chaining."""
+    """Put the mesh in front of ``app``; returns ``app`` for chaining.
+
+    The runtime is resolved here, not when Starlette first builds its middleware stack: that
+    happens inside the server's lifespan start-up, where an error (a bad ``MESH_*`` setting)
+    makes uvicorn decide lifespan is unsupported and serve 500s. Here it stops the import
+    with its one-line message, as ``MeshMiddleware(app)`` does.
+    """
     if getattr(app.state, _STATE_INSTALLED, False):
         raise RuntimeError("asgimesh is already installed on this FastAPI app")
+    if runtime is None:
+        runtime = get_runtime()
     app.add_middleware(MeshMiddleware, runtime=runtime)
     setattr(app.state, _STATE_INSTALLED, True)
     setattr(app.state, _STATE_RUNTIME, runtime)
