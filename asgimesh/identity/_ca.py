@@ -187,7 +187,8 @@ class MeshCA:
             )
             .add_extension(
                 x509.NameConstraints(
-                    permitted_subtrees=[x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")],
+                    # RFC 5280: a URI name constraint is a host (the trust domain), not a URI
+                    permitted_subtrees=[x509.UniformResourceIdentifier(trust_domain)],
                     excluded_subtrees=None,
                 ),
                 critical=False,

@@ -1,5 +1,8 @@
 import datetime
+import socket
+import ssl
 import stat
+import threading
 
 import pytest
 from cryptography import x509
@@ -13,7 +16,9 @@ from asgimesh.identity._ca import WORKLOAD_LIFETIME, is_policy_signer
 ORDERS = "spiffe://mesh.local/ns/default/sa/orders"
 
 
-def _csr(name: str = "whatever", key=None, *, uris: tuple[str, ...] = (), ca: bool = False) -> bytes:
+def _csr(
+    name: str = "whatever", key=None, *, uris: tuple[str, ...] = (), ca: bool = False
+) -> bytes:
     key = key or ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)])
@@ -94,7 +99,10 @@ def test_a_workload_certificate_is_exactly_what_the_mesh_allows(mesh_ca: MeshCA)
 
 def test_lifetime_is_capped_and_can_be_shortened(mesh_ca: MeshCA) -> None:
     long = load_bundle(mesh_ca.sign_csr(_csr(), ORDERS, datetime.timedelta(days=30)))[0]
-    assert long.not_valid_after_utc - long.not_valid_before_utc <= WORKLOAD_LIFETIME + datetime.timedelta(minutes=5)
+    assert (
+        long.not_valid_after_utc - long.not_valid_before_utc
+        <= WORKLOAD_LIFETIME + datetime.timedelta(minutes=5)
+    )
     short = load_bundle(mesh_ca.sign_csr(_csr(), ORDERS, datetime.timedelta(seconds=30)))[0]
     assert short.not_valid_after_utc - short.not_valid_before_utc <= datetime.timedelta(minutes=6)
 
@@ -144,7 +152,9 @@ def test_the_control_plane_id_is_never_issued_to_a_service(mesh_ca: MeshCA) -> N
         "spiffe://mesh.local",
     ],
 )
-def test_ids_outside_the_trust_domain_or_malformed_are_refused(mesh_ca: MeshCA, spiffe_id: str) -> None:
+def test_ids_outside_the_trust_domain_or_malformed_are_refused(
+    mesh_ca: MeshCA, spiffe_id: str
+) -> None:
     with pytest.raises(CertificateRequestError, match="is not a SPIFFE ID of the trust domain"):
         mesh_ca.sign_csr(_csr(), spiffe_id)
 
@@ -152,8 +162,13 @@ def test_ids_outside_the_trust_domain_or_malformed_are_refused(mesh_ca: MeshCA, 
 def test_an_old_signer_certificate_is_reissued_on_load(tmp_path) -> None:
     ca = MeshCA.create("mesh.local")
     old = MeshCA._issue(
-        ca.ca_key, ca.ca_cert, ca.signing_key.public_key(), "spiffe://mesh.local/controlplane",
-        "old signer", datetime.timedelta(days=1), server_or_client=False,
+        ca.ca_key,
+        ca.ca_cert,
+        ca.signing_key.public_key(),
+        "spiffe://mesh.local/controlplane",
+        "old signer",
+        datetime.timedelta(days=1),
+        server_or_client=False,
     )
     parts = {**ca.to_pem(), "signer_cert": old.public_bytes(serialization.Encoding.PEM).decode()}
     loaded = MeshCA.from_pem("mesh.local", parts)
@@ -163,3 +178,64 @@ def test_an_old_signer_certificate_is_reissued_on_load(tmp_path) -> None:
     ) == ca.signing_key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
+
+
+def _credential(mesh_ca: MeshCA, name: str, directory) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    chain = mesh_ca.sign_csr(
+        csr.public_bytes(serialization.Encoding.PEM), f"spiffe://mesh.local/ns/default/sa/{name}"
+    )
+    path = directory / f"{name}.pem"
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(key_pem + chain)
+    return str(path)
+
+
+def test_openssl_accepts_what_the_ca_issues_in_a_mutual_handshake(
+    mesh_ca: MeshCA, tmp_path
+) -> None:
+    """The CA's name constraint permits its trust domain as RFC 5280 spells a URI constraint
+    (the host, ``mesh.local``): with ``spiffe://mesh.local`` OpenSSL refused every certificate
+    the control plane issued ("permitted subtree violation")."""
+    [constraint] = mesh_ca.ca_cert.extensions.get_extension_for_class(
+        x509.NameConstraints
+    ).value.permitted_subtrees
+    assert constraint.value == "mesh.local"
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(mesh_ca.bundle_pem())
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(_credential(mesh_ca, "payments", tmp_path))
+    server.load_verify_locations(bundle)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.load_cert_chain(_credential(mesh_ca, "orders", tmp_path))
+    client.load_verify_locations(bundle)
+    left, right = socket.socketpair()
+    seen: list[object] = []
+
+    def serve() -> None:
+        try:
+            with server.wrap_socket(left, server_side=True) as conn:
+                seen.append(conn.getpeercert())
+        except (ssl.SSLError, OSError) as exc:
+            seen.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client.wrap_socket(right) as conn:
+            presented = conn.getpeercert()
+    finally:
+        thread.join(5)
+    assert ("URI", "spiffe://mesh.local/ns/default/sa/payments") in presented["subjectAltName"]
+    [caller] = seen
+    assert isinstance(caller, dict), caller
+    assert ("URI", "spiffe://mesh.local/ns/default/sa/orders") in caller["subjectAltName"]
