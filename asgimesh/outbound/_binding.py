@@ -52,6 +52,8 @@ class HttpBinding(Generic[Req, Resp]):
             "budget": retry_budget_exhausted,
             # The per-try timeout ended the call: httpx's own class, the mesh's message.
             "per-try": module.ReadTimeout,
+            # MESH_MTLS=strict and a plain http:// endpoint: refused before connecting.
+            "plaintext": module.ConnectError,
         }
         self._connect = (module.ConnectError, module.ConnectTimeout)
         self._timeout = (module.ReadTimeout, module.WriteTimeout)

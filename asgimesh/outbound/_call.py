@@ -63,6 +63,7 @@ class Call:
         "rng",
         "span_id",
         "started",
+        "strict",
         "tried",
         "try_started",
         "upstream",
@@ -80,8 +81,11 @@ class Call:
         context: MeshContext | None = None,
         delay: float = 0.0,
         abort: int | None = None,
+        strict: bool = False,
     ) -> None:
         self.upstream = upstream
+        #: ``MESH_MTLS=strict``: a try may only go to an ``https://`` (mTLS) endpoint.
+        self.strict = strict
         self.config = config
         self.method = method
         self.idempotent = config.is_idempotent(method)
@@ -222,6 +226,12 @@ class Call:
         if remaining is not None and remaining <= 0:
             raise Refusal("deadline", self.deadline_message())
         endpoint = self.upstream.pick(now, self.tried)
+        if self.strict and endpoint.scheme != "https":
+            raise Refusal(
+                "plaintext",
+                f"mesh service {self.upstream.name!r}: endpoint {endpoint.url} is plain http, "
+                "and MESH_MTLS=strict allows only https (mTLS) endpoints",
+            )
         self.attempt += 1
         self.tried.append(endpoint)
         self.endpoint = endpoint

@@ -41,6 +41,8 @@ class CallPlanner:
         self.runtime = runtime
         self._on_request = runtime.on_request
         self.clock = clock
+        #: ``MESH_MTLS=strict``: calls to mesh services go to https (mTLS) endpoints only.
+        self.strict = runtime.settings.mtls == "strict"
         self.rng = rng if rng is not None else random.Random()  # noqa: S311 - not for secrets
         self._lock = threading.Lock()
         self._snapshot: PolicySnapshot | None = None
@@ -94,6 +96,7 @@ class CallPlanner:
             context=current_context(),
             delay=delay,
             abort=abort,
+            strict=self.strict,
         )
 
     def passthrough_metrics(self, host: str) -> UpstreamMetrics | None:

@@ -14,6 +14,7 @@ class Refusal(Exception):  # noqa: N818 - a decision, not an error: shells turn 
     """A call the mesh refuses before or between tries; the shell raises its httpx error."""
 
     def __init__(self, kind: str, message: str) -> None:
-        #: ``no-endpoints``, ``circuit-open``, ``deadline``, ``per-try`` or ``budget``.
+        #: ``no-endpoints``, ``circuit-open``, ``deadline``, ``per-try``, ``budget`` or
+        #: ``plaintext`` (a plain ``http://`` endpoint under ``MESH_MTLS=strict``).
         self.kind = kind
         super().__init__(message)

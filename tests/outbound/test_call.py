@@ -355,3 +355,24 @@ def test_an_abandoned_try_releases_its_endpoint_and_counts_an_error() -> None:
     call.abandoned(0.01)
     assert step.endpoint.outstanding == 0
     assert sample(call, "mesh_outbound_requests_total", method="GET", status="error") == 1.0
+
+
+def test_strict_mtls_refuses_a_plain_http_endpoint_naming_it() -> None:
+    service = {"endpoints": ["http://10.0.0.1:80"]}
+    up = Upstream(backend_config(service), MeshMetrics("test"), random.Random(1), 0.0)
+    call = Call(up, call_config(service), "GET", replayable=True, now=0.0,
+                rng=random.Random(2), strict=True)
+    refusal = refused(call.start([], None, 0.0))
+    assert refusal.kind == "plaintext"
+    assert "'svc'" in str(refusal) and "http://10.0.0.1:80" in str(refusal)
+    assert "MESH_MTLS=strict" in str(refusal)
+    assert up.endpoints[0].outstanding == 0  # nothing was sent, nothing is owed
+
+
+def test_strict_mtls_lets_an_https_endpoint_through() -> None:
+    service = {"endpoints": ["https://10.0.0.1:8443"]}
+    up = Upstream(backend_config(service), MeshMetrics("test"), random.Random(1), 0.0)
+    call = Call(up, call_config(service), "GET", replayable=True, now=0.0,
+                rng=random.Random(2), strict=True)
+    step = call.start([], None, 0.0)
+    assert isinstance(step, Send) and step.endpoint.url == "https://10.0.0.1:8443"
