@@ -54,6 +54,8 @@ class HttpBinding(Generic[Req, Resp]):
             "per-try": module.ReadTimeout,
             # MESH_MTLS=strict and a plain http:// endpoint: refused before connecting.
             "plaintext": module.ConnectError,
+            # mTLS: the server's ID is not the one meant, or no certificate of our own yet.
+            "identity": module.ConnectError,
         }
         self._connect = (module.ConnectError, module.ConnectTimeout)
         self._timeout = (module.ReadTimeout, module.WriteTimeout)

@@ -15,6 +15,7 @@ class Refusal(Exception):  # noqa: N818 - a decision, not an error: shells turn 
 
     def __init__(self, kind: str, message: str) -> None:
         #: ``no-endpoints``, ``circuit-open``, ``deadline``, ``per-try``, ``budget`` or
-        #: ``plaintext`` (a plain ``http://`` endpoint under ``MESH_MTLS=strict``).
+        #: ``plaintext`` (a plain ``http://`` endpoint under ``MESH_MTLS=strict``) or ``identity``
+        #: (mTLS: the server is not the service meant, or this service has no certificate yet).
         self.kind = kind
         super().__init__(message)

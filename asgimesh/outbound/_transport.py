@@ -18,11 +18,12 @@ import socket
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Generic, Self
+from typing import Any, Generic, Self
 
 import anyio
 
 from .._runtime import MeshRuntime, get_runtime
+from ..identity._tls import MeshClientContext, identity_mismatch
 from ._call import RETRY_AFTER_STATUSES, Call
 from ._metrics import UpstreamMetrics
 from ._planner import CallPlanner
@@ -34,12 +35,16 @@ from ._protocols import (
     ResponseLike,
     SyncTransportLike,
 )
+from ._refusal import Refusal
 from ._steps import Done, Fail, Resolve, Respond, Send, Sleep, Step
 
 __all__ = ["AsyncMeshShell", "SyncMeshShell"]
 
 #: A retried answer's body is read (so its connection returns to the pool) up to this size.
 DRAIN_LIMIT = 64 * 1024
+
+#: How long a call without a deadline waits for this service's first certificate.
+IDENTITY_WAIT = 10.0
 
 #: ``getaddrinfo``'s answer, or ``None`` when the lookup failed.
 _Infos = Sequence[tuple[object, ...]] | None
@@ -56,8 +61,40 @@ class _Shell(Generic[Req, Resp]):
     #: Set by the binding's subclass (``asgimesh.outbound``, ``asgimesh.outbound.httpx2``).
     _lib: Binding[Req, Resp]
 
-    def __init__(self, runtime: MeshRuntime | None) -> None:
+    def __init__(self, runtime: MeshRuntime | None, kwargs: dict[str, object]) -> None:
         self._planner = CallPlanner(runtime if runtime is not None else get_runtime())
+        settings = self._planner.runtime.settings
+        #: ``MESH_MTLS`` permissive or strict: a mesh service's ``https://`` endpoints are
+        #: dialled with this service's certificate, by one inner transport per service (its
+        #: own client context expects that service's ID); everything else uses ``_inner``.
+        self._mtls = settings.mtls != "off"
+        self._secure_kwargs = {k: v for k, v in kwargs.items() if k not in ("verify", "cert")}
+        self._secure: dict[str, object] = {}
+
+    def _expected_id(self, call: Call) -> str:
+        settings = self._planner.runtime.settings
+        return f"spiffe://{settings.trust_domain}/ns/{settings.namespace}/sa/{call.upstream.name}"
+
+    def _context(self, call: Call) -> MeshClientContext:
+        return MeshClientContext(self._expected_id(call), self._planner.runtime.identity)
+
+    def _explained(self, exc: Exception, request: Req) -> Exception:
+        """``exc``, or a ``ConnectError`` with the identity mismatch behind it where its own
+        message lost it (trio re-raises a failed handshake bare)."""
+        mismatch = identity_mismatch(exc)
+        if mismatch is None or mismatch in str(exc):
+            return exc
+        error = self._lib.error(Refusal("identity", mismatch), request)
+        error.__cause__ = exc
+        return error
+
+    def _no_identity(self, call: Call, request: Req, waited: float) -> Exception:
+        call.abandoned(self._planner.clock())
+        message = (
+            f"mesh service {call.upstream.name!r}: no certificate of this service's own yet "
+            f"to dial its https endpoint with mTLS (waited {waited:.3g}s)"
+        )
+        return self._lib.error(Refusal("identity", message), request)
 
     def _plan(self, request: Req) -> Call | None:
         url = request.url
@@ -108,7 +145,24 @@ class AsyncMeshShell(_Shell[Req, Resp]):
 
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
         self._inner: AsyncTransportLike[Req, Resp] = self._lib.async_transport(**kwargs)
-        super().__init__(runtime)
+        super().__init__(runtime, kwargs)
+
+    async def _transport(
+        self, call: Call, send: Send, request: Req
+    ) -> AsyncTransportLike[Req, Resp]:
+        if not self._mtls or send.endpoint.scheme != "https":
+            return self._inner
+        inner: Any = self._secure.get(call.upstream.name)
+        if inner is None:
+            store = self._planner.runtime.identity
+            if store.current is None:  # a call made before the first certificate: wait for it
+                left = call.remaining(self._planner.clock())
+                waited = IDENTITY_WAIT if left is None else max(left, 0.0)
+                if await store.wait_async(waited) is None:
+                    raise self._no_identity(call, request, waited)
+            inner = self._lib.async_transport(verify=self._context(call), **self._secure_kwargs)
+            self._secure[call.upstream.name] = inner
+        return inner  # type: ignore[no-any-return]
 
     async def handle_async_request(self, request: Req) -> Resp:
         call = self._plan(request)
@@ -119,12 +173,13 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         while True:
             if isinstance(step, Send):
                 send = step
+                inner = await self._transport(call, send, request)
                 try:
-                    response = await self._inner.handle_async_request(lib.outgoing(request, send))
+                    response = await inner.handle_async_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
                     step = self._failed(call, exc)
                     if isinstance(step, Fail):
-                        raise self._error(step, request, exc)  # noqa: B904 - cause set there
+                        raise self._error(step, request, self._explained(exc, request))  # noqa: B904
                     continue
                 except BaseException:
                     call.abandoned(clock())
@@ -179,6 +234,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
             return None
 
     async def aclose(self) -> None:
+        for secure in self._secure.values():
+            await secure.aclose()  # type: ignore[attr-defined]
         await self._inner.aclose()
 
     async def __aenter__(self) -> Self:
@@ -191,6 +248,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        for secure in self._secure.values():
+            await secure.aclose()  # type: ignore[attr-defined]
         await self._inner.__aexit__(exc_type, exc_value, traceback)
 
 
@@ -200,7 +259,22 @@ class SyncMeshShell(_Shell[Req, Resp]):
 
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
         self._inner: SyncTransportLike[Req, Resp] = self._lib.sync_transport(**kwargs)
-        super().__init__(runtime)
+        super().__init__(runtime, kwargs)
+
+    def _transport(self, call: Call, send: Send, request: Req) -> SyncTransportLike[Req, Resp]:
+        if not self._mtls or send.endpoint.scheme != "https":
+            return self._inner
+        inner: Any = self._secure.get(call.upstream.name)
+        if inner is None:
+            store = self._planner.runtime.identity
+            if store.current is None:  # a call made before the first certificate: wait for it
+                left = call.remaining(self._planner.clock())
+                waited = IDENTITY_WAIT if left is None else max(left, 0.0)
+                if store.wait(waited) is None:
+                    raise self._no_identity(call, request, waited)
+            inner = self._lib.sync_transport(verify=self._context(call), **self._secure_kwargs)
+            self._secure[call.upstream.name] = inner
+        return inner  # type: ignore[no-any-return]
 
     def handle_request(self, request: Req) -> Resp:
         call = self._plan(request)
@@ -211,12 +285,13 @@ class SyncMeshShell(_Shell[Req, Resp]):
         while True:
             if isinstance(step, Send):
                 send = step
+                inner = self._transport(call, send, request)
                 try:
-                    response = self._inner.handle_request(lib.outgoing(request, send))
+                    response = inner.handle_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
                     step = self._failed(call, exc)
                     if isinstance(step, Fail):
-                        raise self._error(step, request, exc)  # noqa: B904 - cause set there
+                        raise self._error(step, request, self._explained(exc, request))  # noqa: B904
                     continue
                 except BaseException:
                     call.abandoned(clock())
@@ -267,6 +342,8 @@ class SyncMeshShell(_Shell[Req, Resp]):
             return None
 
     def close(self) -> None:
+        for secure in self._secure.values():
+            secure.close()  # type: ignore[attr-defined]
         self._inner.close()
 
     def __enter__(self) -> Self:
@@ -279,4 +356,6 @@ class SyncMeshShell(_Shell[Req, Resp]):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        for secure in self._secure.values():
+            secure.close()  # type: ignore[attr-defined]
         self._inner.__exit__(exc_type, exc_value, traceback)

@@ -1,0 +1,139 @@
+"""Outbound mTLS through the mesh's transports, over real loopback sockets: a mesh service's
+``https://`` endpoint is dialled with this service's certificate and must present the ID of
+the service the app meant to call, checked before a byte of the request is sent (sync httpx,
+and async under asyncio and trio); under ``MESH_MTLS=strict`` a plain ``http://`` endpoint
+is refused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from asgimesh import AsyncMeshTransport, MeshRuntime, MeshSettings, MeshTransport
+from asgimesh.identity import IdentityStore, parse_svid
+from asgimesh.identity._tls import server_context
+from asgimesh.testing import ThrowawayCA
+from tests.identity.tls_server import TLSServer, tls_server
+
+ORDERS = "spiffe://mesh.local/ns/default/sa/orders"
+PAYMENTS = "spiffe://mesh.local/ns/default/sa/payments"
+BILLING = "spiffe://mesh.local/ns/default/sa/billing"
+
+
+@pytest.fixture(scope="module")
+def ca() -> ThrowawayCA:
+    return ThrowawayCA("mesh.local")
+
+
+@pytest.fixture
+def payments(ca: ThrowawayCA) -> Iterator[TLSServer]:
+    """An HTTPS server presenting the payments ID (it records what each connection sent)."""
+    issued = ca.issue(PAYMENTS)
+    store = IdentityStore()
+    store.set(
+        parse_svid(
+            issued.cert_pem,
+            issued.key_pem,
+            issued.bundle_pem,
+            trust_domain="mesh.local",
+            source="test",
+        )
+    )
+    with tls_server(server_context(store)) as server:
+        yield server
+    store.close()
+
+
+@pytest.fixture
+def orders(ca: ThrowawayCA, payments: TLSServer, tmp_path: Path) -> Iterator[MeshRuntime]:
+    """The calling service, ``orders``, with its certificate in files (``MESH_CERT`` ...) and
+    two mesh services on the same server: ``payments`` (the right ID) and ``billing`` (not)."""
+    files = ca.issue(ORDERS).write(tmp_path)
+    runtime = MeshRuntime(
+        MeshSettings.from_env(
+            service="orders",
+            mtls="permissive",
+            cert=files.cert,
+            key=files.key,
+            ca=files.ca,
+            upstreams=f"payments={payments.url};billing={payments.url}",
+        ),
+        start=False,
+    )
+    yield runtime
+    runtime.close()
+
+
+def test_sync_call_presents_the_callers_certificate(orders, payments) -> None:
+    with httpx.Client(transport=MeshTransport(runtime=orders)) as client:
+        response = client.get("http://payments/charge")
+    assert response.status_code == 200 and response.text == "ok"
+    assert payments.clients[-1] == [ORDERS]  # the server verified who called
+    assert payments.received[-1].startswith(b"GET /charge HTTP/1.1")
+
+
+def test_sync_call_to_a_server_with_another_id_is_refused_before_sending(orders, payments) -> None:
+    with (
+        httpx.Client(transport=MeshTransport(runtime=orders)) as client,
+        pytest.raises(httpx.ConnectError) as caught,
+    ):
+        client.get("http://billing/invoice")
+    message = str(caught.value)
+    assert f"expected {BILLING}" in message and f"presented {PAYMENTS}" in message
+    time.sleep(0.2)
+    assert payments.received and all(data == b"" for data in payments.received)
+
+
+@pytest.mark.anyio
+async def test_async_calls_check_the_id_under_each_event_loop(orders, payments) -> None:
+    async with httpx.AsyncClient(transport=AsyncMeshTransport(runtime=orders)) as client:
+        with pytest.raises(httpx.ConnectError) as caught:
+            await client.get("http://billing/invoice")
+        # trio re-raises a failed handshake without a message: the transport restores it.
+        message = str(caught.value)
+        assert f"expected {BILLING}" in message and f"presented {PAYMENTS}" in message
+        await anyio.sleep(0.2)
+        assert all(data == b"" for data in payments.received)
+        response = await client.get("http://payments/charge")
+    assert response.status_code == 200
+    assert payments.clients[-1] == [ORDERS]
+
+
+def test_the_callers_own_verify_still_applies_to_hosts_outside_the_mesh(orders, payments) -> None:
+    """``verify`` keeps its meaning for hosts that are not mesh services: the default trust
+    store does not know the mesh's CA, so a plain https call to the same server fails."""
+    with (
+        httpx.Client(transport=MeshTransport(runtime=orders)) as client,
+        pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
+        client.get(payments.url + "/charge")
+
+
+def test_strict_refuses_a_plain_http_endpoint_naming_it(ca, tmp_path) -> None:
+    files = ca.issue(ORDERS).write(tmp_path)
+    runtime = MeshRuntime(
+        MeshSettings.from_env(
+            service="orders",
+            mtls="strict",
+            cert=files.cert,
+            key=files.key,
+            ca=files.ca,
+            upstreams="payments=http://127.0.0.1:9",
+        ),
+        start=False,
+    )
+    try:
+        with (
+            httpx.Client(transport=MeshTransport(runtime=runtime)) as client,
+            pytest.raises(httpx.ConnectError) as caught,
+        ):
+            client.get("http://payments/charge")
+    finally:
+        runtime.close()
+    assert "'payments'" in str(caught.value) and "http://127.0.0.1:9" in str(caught.value)
+    assert "MESH_MTLS=strict" in str(caught.value)
