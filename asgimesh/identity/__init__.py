@@ -24,7 +24,7 @@ from ._spiffe import (
 )
 from ._store import IdentityFiles, IdentityStore
 from ._svid import X509SVID, IdentityError, parse_svid, verify_chain
-from ._tls import MeshClientContext, server_context
+from ._tls import MeshClientContext, identity_mismatch, server_context
 
 __all__ = [
     "X509SVID",
@@ -37,6 +37,7 @@ __all__ = [
     "MeshClientContext",
     "control_plane_id",
     "id_matches",
+    "identity_mismatch",
     "identity_source_for",
     "is_policy_signer",
     "is_spiffe_id",

@@ -23,7 +23,7 @@ from typing import Any, Generic, Self
 import anyio
 
 from .._runtime import MeshRuntime, get_runtime
-from ..identity._tls import MeshClientContext, identity_mismatch
+from ..identity import MeshClientContext, identity_mismatch, service_id
 from ._call import RETRY_AFTER_STATUSES, Call
 from ._metrics import UpstreamMetrics
 from ._planner import CallPlanner
@@ -73,7 +73,7 @@ class _Shell(Generic[Req, Resp]):
 
     def _expected_id(self, call: Call) -> str:
         settings = self._planner.runtime.settings
-        return f"spiffe://{settings.trust_domain}/ns/{settings.namespace}/sa/{call.upstream.name}"
+        return service_id(settings.trust_domain, settings.namespace, call.upstream.name)
 
     def _context(self, call: Call) -> MeshClientContext:
         return MeshClientContext(self._expected_id(call), self._planner.runtime.identity)
