@@ -6,6 +6,7 @@ is refused."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from asgimesh import AsyncMeshTransport, MeshRuntime, MeshSettings, MeshTransport
-from asgimesh.identity import IdentityStore, parse_svid
+from asgimesh.identity import X509SVID, IdentityStore, parse_svid
 from asgimesh.identity._tls import server_context
 from asgimesh.testing import ThrowawayCA
 from tests.identity.tls_server import TLSServer, tls_server
@@ -137,3 +138,55 @@ def test_strict_refuses_a_plain_http_endpoint_naming_it(ca, tmp_path) -> None:
         runtime.close()
     assert "'payments'" in str(caught.value) and "http://127.0.0.1:9" in str(caught.value)
     assert "MESH_MTLS=strict" in str(caught.value)
+
+
+def _svid(ca: ThrowawayCA, spiffe_id: str) -> X509SVID:
+    issued = ca.issue(spiffe_id)
+    return parse_svid(
+        issued.cert_pem, issued.key_pem, issued.bundle_pem, trust_domain="mesh.local", source="test"
+    )
+
+
+def test_a_call_before_the_first_certificate_waits_for_it(orders, payments, ca) -> None:
+    orders.identity = IdentityStore()  # as a service whose CSR the control plane has not answered
+    timer = threading.Timer(0.3, lambda: orders.identity.set(_svid(ca, ORDERS)))
+    timer.start()
+    try:
+        started = time.monotonic()
+        with httpx.Client(transport=MeshTransport(runtime=orders)) as client:
+            response = client.get("http://payments/charge")
+    finally:
+        timer.join()
+        orders.identity.close()
+    assert response.status_code == 200
+    assert time.monotonic() - started >= 0.25
+    assert payments.clients[-1] == [ORDERS]
+
+
+def test_no_certificate_within_the_deadline_is_a_clear_connect_error(
+    ca, payments, tmp_path
+) -> None:
+    files = ca.issue(ORDERS).write(tmp_path)
+    runtime = MeshRuntime(
+        MeshSettings.from_env(
+            service="orders",
+            mtls="permissive",
+            cert=files.cert,
+            key=files.key,
+            ca=files.ca,
+            upstreams=f"payments={payments.url}",
+            timeout="300ms",
+        ),
+        start=False,
+    )
+    runtime.identity = IdentityStore()
+    try:
+        with (
+            httpx.Client(transport=MeshTransport(runtime=runtime)) as client,
+            pytest.raises(httpx.ConnectError, match="no certificate") as caught,
+        ):
+            client.get("http://payments/charge")
+    finally:
+        runtime.close()
+    assert "'payments'" in str(caught.value)
+    assert payments.received == []  # not even a connection
