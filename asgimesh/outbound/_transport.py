@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Generic, Self
+from typing import Generic, Self
 
 import anyio
 
@@ -69,14 +69,22 @@ class _Shell(Generic[Req, Resp]):
         #: own client context expects that service's ID); everything else uses ``_inner``.
         self._mtls = settings.mtls != "off"
         self._secure_kwargs = {k: v for k, v in kwargs.items() if k not in ("verify", "cert")}
-        self._secure: dict[str, object] = {}
-
-    def _expected_id(self, call: Call) -> str:
-        settings = self._planner.runtime.settings
-        return service_id(settings.trust_domain, settings.namespace, call.upstream.name)
 
     def _context(self, call: Call) -> MeshClientContext:
-        return MeshClientContext(self._expected_id(call), self._planner.runtime.identity)
+        """The client context for ``call``'s service: this service's certificate, and only
+        the ID of the service meant accepted."""
+        runtime = self._planner.runtime
+        settings = runtime.settings
+        expected = service_id(settings.trust_domain, settings.namespace, call.upstream.name)
+        return MeshClientContext(expected, runtime.identity)
+
+    def _identity_wait(self, call: Call) -> float | None:
+        """Seconds to wait for this service's first certificate before dialling with mTLS
+        (``None``: it is here): the call's time left, or :data:`IDENTITY_WAIT` without one."""
+        if self._planner.runtime.identity.current is not None:
+            return None
+        left = call.remaining(self._planner.clock())
+        return IDENTITY_WAIT if left is None else max(left, 0.0)
 
     def _explained(self, exc: Exception, request: Req) -> Exception:
         """``exc``, or a ``ConnectError`` with the identity mismatch behind it where its own
@@ -145,24 +153,19 @@ class AsyncMeshShell(_Shell[Req, Resp]):
 
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
         self._inner: AsyncTransportLike[Req, Resp] = self._lib.async_transport(**kwargs)
+        self._secure_inners: dict[str, AsyncTransportLike[Req, Resp]] = {}
         super().__init__(runtime, kwargs)
 
-    async def _transport(
-        self, call: Call, send: Send, request: Req
-    ) -> AsyncTransportLike[Req, Resp]:
-        if not self._mtls or send.endpoint.scheme != "https":
-            return self._inner
-        inner: Any = self._secure.get(call.upstream.name)
+    async def _secure(self, call: Call, request: Req) -> AsyncTransportLike[Req, Resp]:
+        """The inner transport of ``call``'s service for an ``https://`` try under mTLS."""
+        inner = self._secure_inners.get(call.upstream.name)
         if inner is None:
-            store = self._planner.runtime.identity
-            if store.current is None:  # a call made before the first certificate: wait for it
-                left = call.remaining(self._planner.clock())
-                waited = IDENTITY_WAIT if left is None else max(left, 0.0)
-                if await store.wait_async(waited) is None:
-                    raise self._no_identity(call, request, waited)
+            wait = self._identity_wait(call)
+            if wait is not None and await self._planner.runtime.identity.wait_async(wait) is None:
+                raise self._no_identity(call, request, wait)
             inner = self._lib.async_transport(verify=self._context(call), **self._secure_kwargs)
-            self._secure[call.upstream.name] = inner
-        return inner  # type: ignore[no-any-return]
+            self._secure_inners[call.upstream.name] = inner
+        return inner
 
     async def handle_async_request(self, request: Req) -> Resp:
         call = self._plan(request)
@@ -173,7 +176,11 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         while True:
             if isinstance(step, Send):
                 send = step
-                inner = await self._transport(call, send, request)
+                inner = (
+                    await self._secure(call, request)
+                    if self._mtls and send.endpoint.scheme == "https"
+                    else self._inner
+                )
                 try:
                     response = await inner.handle_async_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
@@ -234,8 +241,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
             return None
 
     async def aclose(self) -> None:
-        for secure in self._secure.values():
-            await secure.aclose()  # type: ignore[attr-defined]
+        for secure in self._secure_inners.values():
+            await secure.aclose()
         await self._inner.aclose()
 
     async def __aenter__(self) -> Self:
@@ -248,8 +255,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
-        for secure in self._secure.values():
-            await secure.aclose()  # type: ignore[attr-defined]
+        for secure in self._secure_inners.values():
+            await secure.aclose()
         await self._inner.__aexit__(exc_type, exc_value, traceback)
 
 
@@ -259,22 +266,19 @@ class SyncMeshShell(_Shell[Req, Resp]):
 
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
         self._inner: SyncTransportLike[Req, Resp] = self._lib.sync_transport(**kwargs)
+        self._secure_inners: dict[str, SyncTransportLike[Req, Resp]] = {}
         super().__init__(runtime, kwargs)
 
-    def _transport(self, call: Call, send: Send, request: Req) -> SyncTransportLike[Req, Resp]:
-        if not self._mtls or send.endpoint.scheme != "https":
-            return self._inner
-        inner: Any = self._secure.get(call.upstream.name)
+    def _secure(self, call: Call, request: Req) -> SyncTransportLike[Req, Resp]:
+        """The inner transport of ``call``'s service for an ``https://`` try under mTLS."""
+        inner = self._secure_inners.get(call.upstream.name)
         if inner is None:
-            store = self._planner.runtime.identity
-            if store.current is None:  # a call made before the first certificate: wait for it
-                left = call.remaining(self._planner.clock())
-                waited = IDENTITY_WAIT if left is None else max(left, 0.0)
-                if store.wait(waited) is None:
-                    raise self._no_identity(call, request, waited)
+            wait = self._identity_wait(call)
+            if wait is not None and self._planner.runtime.identity.wait(wait) is None:
+                raise self._no_identity(call, request, wait)
             inner = self._lib.sync_transport(verify=self._context(call), **self._secure_kwargs)
-            self._secure[call.upstream.name] = inner
-        return inner  # type: ignore[no-any-return]
+            self._secure_inners[call.upstream.name] = inner
+        return inner
 
     def handle_request(self, request: Req) -> Resp:
         call = self._plan(request)
@@ -285,7 +289,11 @@ class SyncMeshShell(_Shell[Req, Resp]):
         while True:
             if isinstance(step, Send):
                 send = step
-                inner = self._transport(call, send, request)
+                inner = (
+                    self._secure(call, request)
+                    if self._mtls and send.endpoint.scheme == "https"
+                    else self._inner
+                )
                 try:
                     response = inner.handle_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
@@ -342,8 +350,8 @@ class SyncMeshShell(_Shell[Req, Resp]):
             return None
 
     def close(self) -> None:
-        for secure in self._secure.values():
-            secure.close()  # type: ignore[attr-defined]
+        for secure in self._secure_inners.values():
+            secure.close()
         self._inner.close()
 
     def __enter__(self) -> Self:
@@ -356,6 +364,6 @@ class SyncMeshShell(_Shell[Req, Resp]):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
-        for secure in self._secure.values():
-            secure.close()  # type: ignore[attr-defined]
+        for secure in self._secure_inners.values():
+            secure.close()
         self._inner.__exit__(exc_type, exc_value, traceback)
