@@ -14,7 +14,7 @@ from asgimesh.identity import IdentityStore, parse_svid
 from asgimesh.identity._tls import MeshClientContext, identity_mismatch, server_context
 from asgimesh.testing import ThrowawayCA
 
-from .tls_server import TLSServer, tls_server
+from .tls_server import TLSServer, store_for, tls_server
 
 ORDERS = "spiffe://mesh.local/ns/default/sa/orders"
 PAYMENTS = "spiffe://mesh.local/ns/default/sa/payments"
@@ -23,18 +23,6 @@ PAYMENTS = "spiffe://mesh.local/ns/default/sa/payments"
 @pytest.fixture(scope="module")
 def ca() -> ThrowawayCA:
     return ThrowawayCA("mesh.local")
-
-
-def store_for(ca: ThrowawayCA, spiffe_id: str) -> IdentityStore:
-    store = IdentityStore()
-    issued = ca.issue(spiffe_id)
-    store.set(
-        parse_svid(
-            issued.cert_pem, issued.key_pem, issued.bundle_pem, trust_domain="mesh.local",
-            source="test",
-        )
-    )
-    return store
 
 
 @pytest.fixture

@@ -10,7 +10,28 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from asgimesh.identity import X509SVID, IdentityStore, parse_svid
 from asgimesh.identity._tls import peer_ids
+from asgimesh.testing import ThrowawayCA
+
+
+def svid_for(ca: ThrowawayCA, spiffe_id: str) -> X509SVID:
+    """A certificate of ``ca`` for ``spiffe_id``, as the identity sources parse one."""
+    issued = ca.issue(spiffe_id)
+    return parse_svid(
+        issued.cert_pem,
+        issued.key_pem,
+        issued.bundle_pem,
+        trust_domain="mesh.local",
+        source="test",
+    )
+
+
+def store_for(ca: ThrowawayCA, spiffe_id: str) -> IdentityStore:
+    """An identity store holding a certificate of ``ca`` for ``spiffe_id``."""
+    store = IdentityStore()
+    store.set(svid_for(ca, spiffe_id))
+    return store
 
 
 @dataclass

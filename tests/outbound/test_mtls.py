@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from asgimesh import AsyncMeshTransport, MeshRuntime, MeshSettings, MeshTransport
-from asgimesh.identity import X509SVID, IdentityStore, parse_svid
+from asgimesh.identity import IdentityStore
 from asgimesh.identity._tls import server_context
 from asgimesh.testing import ThrowawayCA
-from tests.identity.tls_server import TLSServer, tls_server
+from tests.identity.tls_server import TLSServer, store_for, svid_for, tls_server
 
 ORDERS = "spiffe://mesh.local/ns/default/sa/orders"
 PAYMENTS = "spiffe://mesh.local/ns/default/sa/payments"
@@ -34,40 +35,40 @@ def ca() -> ThrowawayCA:
 @pytest.fixture
 def payments(ca: ThrowawayCA) -> Iterator[TLSServer]:
     """An HTTPS server presenting the payments ID (it records what each connection sent)."""
-    issued = ca.issue(PAYMENTS)
-    store = IdentityStore()
-    store.set(
-        parse_svid(
-            issued.cert_pem,
-            issued.key_pem,
-            issued.bundle_pem,
-            trust_domain="mesh.local",
-            source="test",
-        )
-    )
+    store = store_for(ca, PAYMENTS)
     with tls_server(server_context(store)) as server:
         yield server
     store.close()
 
 
 @pytest.fixture
-def orders(ca: ThrowawayCA, payments: TLSServer, tmp_path: Path) -> Iterator[MeshRuntime]:
-    """The calling service, ``orders``, with its certificate in files (``MESH_CERT`` ...) and
-    two mesh services on the same server: ``payments`` (the right ID) and ``billing`` (not)."""
+def make_orders(ca: ThrowawayCA, tmp_path: Path) -> Iterator[Callable[..., MeshRuntime]]:
+    """``make_orders(upstreams=..., mtls=..., ...)``: the calling service, ``orders``, with its
+    certificate in files (``MESH_CERT`` ...); every runtime made is closed afterwards."""
     files = ca.issue(ORDERS).write(tmp_path)
-    runtime = MeshRuntime(
-        MeshSettings.from_env(
-            service="orders",
-            mtls="permissive",
-            cert=files.cert,
-            key=files.key,
-            ca=files.ca,
-            upstreams=f"payments={payments.url};billing={payments.url}",
-        ),
-        start=False,
-    )
-    yield runtime
-    runtime.close()
+    made: list[MeshRuntime] = []
+
+    def make(**settings: Any) -> MeshRuntime:
+        settings = {"mtls": "permissive", **settings}
+        runtime = MeshRuntime(
+            MeshSettings.from_env(
+                service="orders", cert=files.cert, key=files.key, ca=files.ca, **settings
+            ),
+            start=False,
+        )
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        runtime.close()
+
+
+@pytest.fixture
+def orders(make_orders: Callable[..., MeshRuntime], payments: TLSServer) -> MeshRuntime:
+    """``orders`` with two mesh services on the same server: ``payments`` (the right ID) and
+    ``billing`` (not)."""
+    return make_orders(upstreams=f"payments={payments.url};billing={payments.url}")
 
 
 def test_sync_call_presents_the_callers_certificate(orders, payments) -> None:
@@ -115,41 +116,20 @@ def test_the_callers_own_verify_still_applies_to_hosts_outside_the_mesh(orders, 
         client.get(payments.url + "/charge")
 
 
-def test_strict_refuses_a_plain_http_endpoint_naming_it(ca, tmp_path) -> None:
-    files = ca.issue(ORDERS).write(tmp_path)
-    runtime = MeshRuntime(
-        MeshSettings.from_env(
-            service="orders",
-            mtls="strict",
-            cert=files.cert,
-            key=files.key,
-            ca=files.ca,
-            upstreams="payments=http://127.0.0.1:9",
-        ),
-        start=False,
-    )
-    try:
-        with (
-            httpx.Client(transport=MeshTransport(runtime=runtime)) as client,
-            pytest.raises(httpx.ConnectError) as caught,
-        ):
-            client.get("http://payments/charge")
-    finally:
-        runtime.close()
+def test_strict_refuses_a_plain_http_endpoint_naming_it(make_orders) -> None:
+    runtime = make_orders(mtls="strict", upstreams="payments=http://127.0.0.1:9")
+    with (
+        httpx.Client(transport=MeshTransport(runtime=runtime)) as client,
+        pytest.raises(httpx.ConnectError) as caught,
+    ):
+        client.get("http://payments/charge")
     assert "'payments'" in str(caught.value) and "http://127.0.0.1:9" in str(caught.value)
     assert "MESH_MTLS=strict" in str(caught.value)
 
 
-def _svid(ca: ThrowawayCA, spiffe_id: str) -> X509SVID:
-    issued = ca.issue(spiffe_id)
-    return parse_svid(
-        issued.cert_pem, issued.key_pem, issued.bundle_pem, trust_domain="mesh.local", source="test"
-    )
-
-
 def test_a_call_before_the_first_certificate_waits_for_it(orders, payments, ca) -> None:
     orders.identity = IdentityStore()  # as a service whose CSR the control plane has not answered
-    timer = threading.Timer(0.3, lambda: orders.identity.set(_svid(ca, ORDERS)))
+    timer = threading.Timer(0.3, lambda: orders.identity.set(svid_for(ca, ORDERS)))
     timer.start()
     try:
         started = time.monotonic()
@@ -163,30 +143,13 @@ def test_a_call_before_the_first_certificate_waits_for_it(orders, payments, ca) 
     assert payments.clients[-1] == [ORDERS]
 
 
-def test_no_certificate_within_the_deadline_is_a_clear_connect_error(
-    ca, payments, tmp_path
-) -> None:
-    files = ca.issue(ORDERS).write(tmp_path)
-    runtime = MeshRuntime(
-        MeshSettings.from_env(
-            service="orders",
-            mtls="permissive",
-            cert=files.cert,
-            key=files.key,
-            ca=files.ca,
-            upstreams=f"payments={payments.url}",
-            timeout="300ms",
-        ),
-        start=False,
-    )
-    runtime.identity = IdentityStore()
-    try:
-        with (
-            httpx.Client(transport=MeshTransport(runtime=runtime)) as client,
-            pytest.raises(httpx.ConnectError, match="no certificate") as caught,
-        ):
-            client.get("http://payments/charge")
-    finally:
-        runtime.close()
+def test_no_certificate_within_the_deadline_is_a_clear_connect_error(make_orders, payments) -> None:
+    runtime = make_orders(upstreams=f"payments={payments.url}", timeout="300ms")
+    runtime.identity = IdentityStore()  # as a service whose CSR the control plane has not answered
+    with (
+        httpx.Client(transport=MeshTransport(runtime=runtime)) as client,
+        pytest.raises(httpx.ConnectError, match="no certificate") as caught,
+    ):
+        client.get("http://payments/charge")
     assert "'payments'" in str(caught.value)
     assert payments.received == []  # not even a connection
