@@ -53,10 +53,10 @@ class Call:
         "context",
         "deadline",
         "deadline_bound",
-        "deadline_limit",
         "delay",
         "endpoint",
         "idempotent",
+        "inbound_left",
         "limit",
         "method",
         "replayable",
@@ -94,13 +94,13 @@ class Call:
         self.context = context
         self.started = now
         deadline = None if config.timeout is None else now + config.timeout
-        #: Which limit the deadline is, with its value, for the error that names it.
-        self.deadline_limit = f"the call timeout, {_duration(config.timeout or 0.0)}"
+        #: The inbound deadline's time left at the call where it, not the call timeout, is
+        #: the deadline (``None`` otherwise): only kept, formatted in the rare error naming it.
+        self.inbound_left: float | None = None
         inbound = None if context is None else context.deadline
         if inbound is not None and (deadline is None or inbound < deadline):
             deadline = inbound
-            left = _duration(max(inbound - now, 0.0))
-            self.deadline_limit = f"the inbound request's deadline, {left} left at the call"
+            self.inbound_left = max(inbound - now, 0.0)
         #: Absolute deadline on the injected clock: the call timeout capped by the inbound one.
         self.deadline = deadline
         #: This call's span: a child of the inbound request's span, one per call.
@@ -366,9 +366,15 @@ class Call:
     def deadline_message(self) -> str:
         """Names the limit that ran out: the call timeout, or the inbound request's deadline
         when that came first, each with its value (an operator tunes the one named)."""
+        if self.inbound_left is None:
+            limit = f"the call timeout, {_duration(self.config.timeout or 0.0)}"
+        else:
+            limit = (
+                f"the inbound request's deadline, {_duration(self.inbound_left)} left at the call"
+            )
         return (
             f"{self.method} to {self.upstream.name!r}: deadline passed after "
-            f"{_tries(self.attempt)} ({self.deadline_limit})"
+            f"{_tries(self.attempt)} ({limit})"
         )
 
     def _per_try_refusal(self, timed_out: bool) -> Refusal | None:
