@@ -59,3 +59,27 @@ def _install_flask() -> None:
 
 
 _install_flask()
+
+
+# A service that calls another through the mesh: ``GET /call/<service>`` answers what the
+# callee's ``/whoami`` said (status and body), or the mesh's error by class and message.
+_relay_client: Any = None
+
+
+async def call(request: Request) -> JSONResponse:
+    import httpx
+
+    from asgimesh import AsyncMeshTransport
+
+    global _relay_client
+    if _relay_client is None:
+        _relay_client = httpx.AsyncClient(transport=AsyncMeshTransport())
+    service = request.path_params["service"]
+    try:
+        answer = await _relay_client.get(f"http://{service}/whoami")
+    except httpx.HTTPError as exc:
+        return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=502)
+    return JSONResponse({"status": answer.status_code, "body": answer.json()})
+
+
+relay_app = Starlette(routes=[Route("/whoami", whoami), Route("/call/{service}", call)])
