@@ -73,6 +73,12 @@ def register(commands: Any) -> None:
         default=None,
         help="long polls one client address may park (default: a quarter of --max-parked-polls)",
     )
+    server.add_argument(
+        "--cert-lifetime",
+        default="24h",
+        help="lifetime of the workload certificates issued, 2s to 24h (default 24h); "
+        "services renew at half of it",
+    )
     server.add_argument("--log-format", choices=["json", "console"], default="json")
     server.set_defaults(handler=control_plane_command)
 
@@ -111,6 +117,22 @@ def _default_concurrency() -> int:
     return max(16, min(4096, soft - 64))
 
 
+def _cert_lifetime(text: str) -> float:
+    from .._errors import ConfigError
+    from ..identity._ca import MIN_LIFETIME, WORKLOAD_LIFETIME
+
+    low, high = MIN_LIFETIME.total_seconds(), WORKLOAD_LIFETIME.total_seconds()
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"--cert-lifetime: {exc}") from None
+    if not low <= seconds <= high:
+        raise ConfigError(
+            f"--cert-lifetime: {text!r} is out of range; expected a duration from 2s to 24h"
+        )
+    return seconds
+
+
 def control_plane_command(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -128,6 +150,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
         store_wait = parse_duration(args.store_wait)
     except ValueError as exc:
         raise ConfigError(f"--max-wait/--stale-after/--store-wait: {exc}") from None
+    cert_lifetime = _cert_lifetime(args.cert_lifetime)
     config = ControlPlaneConfig(
         store=args.store,
         state_dir=Path(args.state_dir),
@@ -137,6 +160,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
         stale_after=stale_after,
         max_parked_polls=parked,
         max_parked_per_client=per_client,
+        cert_lifetime=cert_lifetime,
     )
     app = create_app(config)
     problem = anyio.run(_probe_store, open_store(config.store, config.state_dir), store_wait)

@@ -8,6 +8,7 @@ with a 4xx status; a store that cannot be reached is a 503, never a 500 with a t
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import json
@@ -36,6 +37,7 @@ from .._etcd import EtcdError
 from .._log import Throttle, bounded, describe_error, get_logger
 from .._wire import bearer_token, is_service_name
 from ..identity import CertificateRequestError, MeshCA
+from ..identity._ca import WORKLOAD_LIFETIME
 from ..policy import (
     format_for,
     format_validation_error,
@@ -78,6 +80,9 @@ class ControlPlaneConfig:
     max_parked_per_client: int = 256
     #: Seconds a poll refused for want of a slot is told to wait (``Retry-After``).
     poll_retry_after: int = 5
+    #: Lifetime of the workload certificates issued (services renew at half of it); at most
+    #: the CA's cap of 24 h. Shorter narrows what a leaked key is worth, at more CSRs.
+    cert_lifetime: float = WORKLOAD_LIFETIME.total_seconds()
 
 
 def token_digest(token: str) -> str:
@@ -110,6 +115,7 @@ class ControlPlane:
         self.ca: MeshCA | None = None
         self.board: VersionBoard | None = None
         self.polls = PollSlots(config.max_parked_polls, config.max_parked_per_client)
+        self._cert_lifetime = datetime.timedelta(seconds=config.cert_lifetime)
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -378,7 +384,9 @@ class ControlPlane:
         namespace, _, service = namespace_service.partition("/")
         spiffe_id = f"spiffe://{self.ca.trust_domain}/ns/{namespace}/sa/{service}"
         try:
-            chain = await anyio.to_thread.run_sync(self.ca.sign_csr, csr, spiffe_id)
+            chain = await anyio.to_thread.run_sync(
+                self.ca.sign_csr, csr, spiffe_id, self._cert_lifetime
+            )
         except CertificateRequestError as exc:
             raise ApiError(422, "invalid_csr", str(exc)) from None
         log.info("certificate_issued", spiffe_id=spiffe_id)

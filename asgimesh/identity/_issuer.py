@@ -16,6 +16,7 @@ and never waits for it.
 
 from __future__ import annotations
 
+import datetime
 import random
 import ssl
 import threading
@@ -61,9 +62,12 @@ class RenewalSchedule:
     def due(self, now: float) -> bool:
         return now >= self.next_at
 
-    def succeeded(self, svid: X509SVID) -> None:
+    def succeeded(self, svid: X509SVID, now: float) -> None:
+        """Record ``svid`` arriving at ``now``: the next request is due half-way from then to
+        its expiry."""
         self.failures = 0
-        self.next_at = svid.renew_at().timestamp()
+        received = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        self.next_at = svid.renew_at(received).timestamp()
 
     def failed(self, now: float) -> float:
         """Record a failed request at ``now``; returns the seconds until the next one."""
@@ -160,7 +164,7 @@ class ControlPlaneIssuer:
                 f"{self.spiffe_id} (does MESH_TOKEN belong to another service?)"
             )
         self._store.set(svid)
-        self.schedule.succeeded(svid)
+        self.schedule.succeeded(svid, self._clock())
         return svid
 
     def _fetch(

@@ -137,9 +137,14 @@ class X509SVID:
     def expires_at(self) -> datetime.datetime:
         return self.leaf.not_valid_after_utc
 
-    def renew_at(self) -> datetime.datetime:
-        """Half-way through its life: when an issuer asks for the next one (as Istio does)."""
-        return self.not_before + (self.expires_at - self.not_before) / 2
+    def renew_at(self, received: datetime.datetime | None = None) -> datetime.datetime:
+        """Half-way through its life: when an issuer asks for the next one (as Istio does).
+
+        The life counts from ``received`` (when the certificate arrived) where that is later
+        than ``not_before``: CAs backdate ``not_before`` for clock skew (ours by 5 minutes),
+        which would make a certificate shorter-lived than that due the moment it arrives."""
+        start = self.not_before if received is None else max(self.not_before, received)
+        return start + (self.expires_at - start) / 2
 
     def chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)

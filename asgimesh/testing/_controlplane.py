@@ -93,6 +93,7 @@ def control_plane(
     stale_after: float = 60.0,
     max_parked_polls: int = ControlPlaneConfig.max_parked_polls,
     max_parked_per_client: int = ControlPlaneConfig.max_parked_per_client,
+    cert_lifetime: float = ControlPlaneConfig.cert_lifetime,
 ) -> Iterator[ControlPlaneHandle]:
     """Run a control plane (SQLite in a temp dir unless ``store`` says otherwise)."""
     token = admin_token or secrets.token_urlsafe(16)
@@ -110,6 +111,7 @@ def control_plane(
                 stale_after=stale_after,
                 max_parked_polls=max_parked_polls,
                 max_parked_per_client=max_parked_per_client,
+                cert_lifetime=cert_lifetime,
             )
         )
         server = stack.enter_context(serve_in_thread(app))

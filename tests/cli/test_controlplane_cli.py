@@ -213,3 +213,16 @@ def test_control_plane_names_an_unreachable_store_in_one_line(tmp_path: Path) ->
     assert result.returncode == 3
     assert result.stderr.strip().startswith("asgimesh: cannot use the store etcd:")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("48h", "out of range; expected a duration from 2s to 24h"), ("1s", "out of range"),
+     ("soon", "")],
+)
+def test_control_plane_refuses_a_bad_cert_lifetime_in_one_line(tmp_path, value, why) -> None:
+    result = asgimesh("control-plane", "--cert-lifetime", value, "--state-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("asgimesh: --cert-lifetime: ")
+    assert why in result.stderr and value in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

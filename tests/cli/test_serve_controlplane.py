@@ -9,11 +9,14 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
+from asgimesh import MeshRuntime, MeshSettings, MeshTransport
 from asgimesh.identity._tls import MeshClientContext
 from tests.conftest import ControlPlaneStarter, Spawner, free_port, subprocess_env
 
@@ -94,7 +97,10 @@ PAYMENTS_APPS = {
 @pytest.fixture(params=list(PAYMENTS_APPS))
 def mesh(request, spawn: Spawner, control_plane_process: ControlPlaneStarter):
     """A control plane with the policy above, and payments and orders served by it (strict)."""
-    cp = control_plane_process.start()
+    return start_mesh(spawn, control_plane_process.start(), PAYMENTS_APPS[request.param])
+
+
+def start_mesh(spawn: Spawner, cp, payments_app: list[str]):
     ports = {"payments": free_port(), "orders": free_port()}
     put = httpx.put(
         cp.url + "/v1/policy",
@@ -102,7 +108,7 @@ def mesh(request, spawn: Spawner, control_plane_process: ControlPlaneStarter):
         headers={"authorization": f"Bearer {ControlPlaneStarter.admin_token}"},
     )
     assert put.status_code == 200, put.text
-    apps = {"orders": [RELAY], "payments": PAYMENTS_APPS[request.param]}
+    apps = {"orders": [RELAY], "payments": payments_app}
     servers = {
         name: spawn.start(
             [sys.executable, "-m", "asgimesh", "serve", *apps[name], "--port", str(port)],
@@ -136,3 +142,47 @@ def test_control_plane_identities_end_to_end(mesh, tmp_path) -> None:
         assert anonymous.status_code == 401
         assert anonymous.json()["error"] == "unauthenticated"
         assert client.get(payments + "/_mesh/health").status_code == 200
+
+
+def served_serial(url: str, spiffe_id: str, bundle: bytes) -> int:
+    """The serial of the certificate ``url`` presents to a new handshake."""
+    context = MeshClientContext(spiffe_id, bundle_pem=bundle)
+    with httpx.Client(verify=context) as client, client.stream("GET", url + "/_mesh/health") as r:
+        der = r.extensions["network_stream"].get_extra_info("ssl_object").getpeercert(True)
+        r.read()
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_three_renewals_under_steady_traffic_fail_no_call(spawn, control_plane_process) -> None:
+    """4 s certificates, renewed every ~2 s by every party, while a caller keeps calling
+    through both hops, each call a new handshake with orders: not one call fails."""
+    cp = control_plane_process.start("--cert-lifetime", "4s")
+    _, servers = start_mesh(spawn, cp, PAYMENTS_APPS["uvicorn"])
+    bundle = httpx.get(cp.url + "/v1/trust-bundle").content
+    runtime = MeshRuntime(MeshSettings(
+        service="frontend", mtls="strict", config=cp.url, token=token_for(cp.url, "frontend")
+    ))
+    mine: set[int] = set()
+    runtime.identity.subscribe(lambda svid: mine.add(svid.serial))
+    seen: dict[str, set[int]] = {"orders": set(), "payments": set()}
+    calls = failures = 0
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    try:
+        with httpx.Client(transport=MeshTransport(runtime=runtime, limits=no_reuse)) as client:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and min(
+                len(mine), *(len(s) for s in seen.values())
+            ) < 4:
+                answer = client.get("http://orders/call/payments", timeout=5)
+                calls += 1
+                ok = answer.status_code == 200 and answer.json()["status"] == 200
+                failures += not ok
+                for name, server in servers.items():
+                    url = f"https://127.0.0.1:{server.port}"
+                    seen[name].add(served_serial(url, f"{TD}/{name}", bundle))
+                time.sleep(0.05)
+    finally:
+        runtime.close()
+    # The first certificate and three renewals, at least, on every side; not one failed call.
+    assert len(mine) >= 4 and all(len(s) >= 4 for s in seen.values()), (mine, seen)
+    assert failures == 0 and calls > 20, (failures, calls)

@@ -3,6 +3,7 @@ app on uvicorn in a thread, over loopback sockets), and the renewal schedule wit
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from collections.abc import Iterator
@@ -112,8 +113,20 @@ def test_renewal_schedule_backs_off_with_full_jitter_and_resets() -> None:
     parsed = parse_svid(
         svid.cert_pem, svid.key_pem, svid.bundle_pem, trust_domain="mesh.local", source="t"
     )
-    schedule.succeeded(parsed)
+    schedule.succeeded(parsed, parsed.not_before.timestamp() - 60)  # a clock behind the CA's
     assert schedule.failures == 0 and schedule.next_at == parsed.renew_at().timestamp()
+    # A certificate backdated for skew (5 min) and living 4 s: due half-way from its arrival,
+    # not at once (half-way from not_before is long past).
+    backdated = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    issued = ThrowawayCA().issue(
+        ORDERS, not_before=backdated, lifetime=datetime.timedelta(minutes=5, seconds=4)
+    )
+    short = parse_svid(
+        issued.cert_pem, issued.key_pem, issued.bundle_pem, trust_domain="mesh.local", source="t"
+    )
+    arrived = short.expires_at.timestamp() - 4
+    schedule.succeeded(short, arrived)
+    assert schedule.next_at == pytest.approx(arrived + 2)
 
 
 def test_runtime_gets_its_identity_from_the_control_plane(cp: ControlPlaneHandle) -> None:
