@@ -90,6 +90,8 @@ class BackendConfig:
     load_balancer: str
     outlier: OutlierDetection
     budget: RetryBudget
+    #: The ID its ``https://`` endpoints must present (``None``: the default for its name).
+    identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +224,7 @@ def _backend(name: str, defaults: Defaults, service: ServicePolicy) -> BackendCo
         load_balancer=service.load_balancer or defaults.load_balancer,
         outlier=outlier,
         budget=_merge_retries(defaults.retries, service.retries).budget,
+        identity=service.identity,
     )
 
 

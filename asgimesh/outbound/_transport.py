@@ -69,14 +69,27 @@ class _Shell(Generic[Req, Resp]):
         #: own client context expects that service's ID); everything else uses ``_inner``.
         self._mtls = settings.mtls != "off"
         self._secure_kwargs = {k: v for k, v in kwargs.items() if k not in ("verify", "cert")}
+        self._default_ids: dict[str, str] = {}
 
-    def _context(self, call: Call) -> MeshClientContext:
-        """The client context for ``call``'s service: this service's certificate, and only
-        the ID of the service meant accepted."""
-        runtime = self._planner.runtime
-        settings = runtime.settings
-        expected = service_id(settings.trust_domain, settings.namespace, call.upstream.name)
-        return MeshClientContext(expected, runtime.identity)
+    def _expected_id(self, call: Call) -> str:
+        """The ID ``call``'s service must present: its policy's ``identity``, else the mesh's
+        default for its name. Secure inner transports are kept per ID, so a policy changing
+        it reaches the next try."""
+        upstream = call.upstream
+        override = upstream.config.identity
+        if override is not None:
+            return override
+        expected = self._default_ids.get(upstream.name)
+        if expected is None:
+            settings = self._planner.runtime.settings
+            expected = service_id(settings.trust_domain, settings.namespace, upstream.name)
+            self._default_ids[upstream.name] = expected
+        return expected
+
+    def _context(self, expected: str) -> MeshClientContext:
+        """A client context presenting this service's certificate and accepting only a
+        server whose one URI SAN is ``expected``."""
+        return MeshClientContext(expected, self._planner.runtime.identity)
 
     def _identity_wait(self, call: Call) -> float | None:
         """Seconds to wait for this service's first certificate before dialling with mTLS
@@ -158,13 +171,14 @@ class AsyncMeshShell(_Shell[Req, Resp]):
 
     async def _secure(self, call: Call, request: Req) -> AsyncTransportLike[Req, Resp]:
         """The inner transport of ``call``'s service for an ``https://`` try under mTLS."""
-        inner = self._secure_inners.get(call.upstream.name)
+        expected = self._expected_id(call)
+        inner = self._secure_inners.get(expected)
         if inner is None:
             wait = self._identity_wait(call)
             if wait is not None and await self._planner.runtime.identity.wait_async(wait) is None:
                 raise self._no_identity(call, request, wait)
-            inner = self._lib.async_transport(verify=self._context(call), **self._secure_kwargs)
-            self._secure_inners[call.upstream.name] = inner
+            inner = self._lib.async_transport(verify=self._context(expected), **self._secure_kwargs)
+            self._secure_inners[expected] = inner
         return inner
 
     async def handle_async_request(self, request: Req) -> Resp:
@@ -271,13 +285,14 @@ class SyncMeshShell(_Shell[Req, Resp]):
 
     def _secure(self, call: Call, request: Req) -> SyncTransportLike[Req, Resp]:
         """The inner transport of ``call``'s service for an ``https://`` try under mTLS."""
-        inner = self._secure_inners.get(call.upstream.name)
+        expected = self._expected_id(call)
+        inner = self._secure_inners.get(expected)
         if inner is None:
             wait = self._identity_wait(call)
             if wait is not None and self._planner.runtime.identity.wait(wait) is None:
                 raise self._no_identity(call, request, wait)
-            inner = self._lib.sync_transport(verify=self._context(call), **self._secure_kwargs)
-            self._secure_inners[call.upstream.name] = inner
+            inner = self._lib.sync_transport(verify=self._context(expected), **self._secure_kwargs)
+            self._secure_inners[expected] = inner
         return inner
 
     def handle_request(self, request: Req) -> Resp:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from .._durations import parse_duration
 from .._wire import HTTP_METHODS
+from ..identity._spiffe import is_spiffe_id
 
 __all__ = [
     "AuthorizationRule",
@@ -231,6 +232,19 @@ class ServicePolicy(_Model):
     routes: tuple[Route, ...] = ()
     split: tuple[SplitTarget, ...] = ()
     fault: Fault | None = None
+    #: The SPIFFE ID its ``https://`` endpoints must present, where it is not the mesh's
+    #: default for the service's name (``spiffe://<trust domain>/ns/<namespace>/sa/<name>``):
+    #: another namespace's service, a differently named workload, a federated trust domain.
+    identity: str | None = None
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, value: str | None) -> str | None:
+        if value is not None and not is_spiffe_id(value):
+            raise ValueError(
+                f"expected a SPIFFE ID (spiffe://<trust domain>/<path>), got {value[:100]!r}"
+            )
+        return value
 
     @field_validator("endpoints")
     @classmethod

@@ -153,3 +153,44 @@ def test_no_certificate_within_the_deadline_is_a_clear_connect_error(make_orders
         client.get("http://payments/charge")
     assert "'payments'" in str(caught.value)
     assert payments.received == []  # not even a connection
+
+
+@pytest.mark.anyio
+async def test_a_policy_identity_names_the_id_a_service_must_present(orders, payments) -> None:
+    """``billing`` is served by the payments workload: its policy ``identity`` says so, the
+    call goes through; the policy changed back, the next connection is refused again."""
+    def billing_presents(spiffe_id: str) -> None:
+        billing = {"endpoints": [payments.url], "identity": spiffe_id}
+        orders.policy.apply({"services": {"billing": billing}}, source="test")
+
+    billing_presents(PAYMENTS)
+    async with httpx.AsyncClient(transport=AsyncMeshTransport(runtime=orders)) as client:
+        response = await client.get("http://billing/invoice")
+        assert response.status_code == 200
+        assert payments.received[-1].startswith(b"GET /invoice HTTP/1.1")
+        billing_presents(BILLING)
+        with pytest.raises(httpx.ConnectError, match=f"expected {BILLING}"):
+            await client.get("http://billing/invoice")
+
+
+def test_a_policy_identity_applies_to_sync_calls_too(orders, payments) -> None:
+    with httpx.Client(transport=MeshTransport(runtime=orders)) as client:
+        with pytest.raises(httpx.ConnectError, match=f"expected {BILLING}"):
+            client.get("http://billing/invoice")
+        billing = {"endpoints": [payments.url], "identity": PAYMENTS}
+        orders.policy.apply({"services": {"billing": billing}}, source="test")
+        assert client.get("http://billing/invoice").status_code == 200
+    assert payments.clients[-1] == [ORDERS]
+
+
+def test_a_policy_identity_must_be_a_spiffe_id() -> None:
+    from asgimesh import Policy, PolicyError
+    from asgimesh.policy import validate_document
+
+    with pytest.raises(PolicyError) as caught:
+        validate_document({"services": {"billing": {"identity": "https://billing"}}})
+    assert "services.billing.identity" in str(caught.value)
+    assert "expected a SPIFFE ID" in str(caught.value) and "'https://billing'" in str(caught.value)
+    assert Policy.model_validate({"services": {"b": {"identity": PAYMENTS}}}).services[
+        "b"
+    ].identity == PAYMENTS
