@@ -119,7 +119,7 @@ def _default_concurrency() -> int:
 
 def _cert_lifetime(text: str) -> float:
     from .._errors import ConfigError
-    from ..identity._ca import MIN_LIFETIME, WORKLOAD_LIFETIME
+    from ..identity import MIN_LIFETIME, WORKLOAD_LIFETIME
 
     low, high = MIN_LIFETIME.total_seconds(), WORKLOAD_LIFETIME.total_seconds()
     try:

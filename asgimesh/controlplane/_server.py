@@ -36,8 +36,7 @@ from .._errors import PolicyError
 from .._etcd import EtcdError
 from .._log import Throttle, bounded, describe_error, get_logger
 from .._wire import bearer_token, is_service_name
-from ..identity import CertificateRequestError, MeshCA
-from ..identity._ca import WORKLOAD_LIFETIME
+from ..identity import WORKLOAD_LIFETIME, CertificateRequestError, MeshCA
 from ..policy import (
     format_for,
     format_validation_error,

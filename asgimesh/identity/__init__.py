@@ -7,6 +7,8 @@ which signs what services ask for.
 """
 
 from ._ca import (
+    MIN_LIFETIME,
+    WORKLOAD_LIFETIME,
     CertificateRequestError,
     MeshCA,
     is_policy_signer,
@@ -27,6 +29,8 @@ from ._svid import X509SVID, IdentityError, parse_svid, verify_chain
 from ._tls import MeshClientContext, identity_mismatch, server_context
 
 __all__ = [
+    "MIN_LIFETIME",
+    "WORKLOAD_LIFETIME",
     "X509SVID",
     "CertificateRequestError",
     "IdentityError",

@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from .._durations import parse_duration
 from .._wire import HTTP_METHODS
-from ..identity._spiffe import is_spiffe_id
+from ..identity import is_spiffe_id
 
 __all__ = [
     "AuthorizationRule",
