@@ -25,6 +25,7 @@ from .telemetry import InstanceReport, MeshMetrics
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from .identity._jwt import TokenMinter
     from .inbound._admission import InboundAdmission
     from .inbound._authentication import Authenticator, TokenVerifier
 
@@ -52,14 +53,15 @@ class MeshRuntime:
         #: Checks ``mesh-identity`` tokens (JWT-SVIDs): x5c-signed ones against the trust
         #: bundle, control-plane-signed ones against its JWT keys where it publishes them.
         self.token_verifier: TokenVerifier | None = None
-        if self.settings.mtls != "off":
-            from .identity._jwt import JWTVerifier
-
-            self.token_verifier = JWTVerifier(self.settings.spiffe_id, self._bundle)
+        #: Makes this service's ``mesh-identity`` tokens, one per audience (``None``: no
+        #: identity to speak for, or ``MESH_MTLS=off``).
+        self.token_minter: TokenMinter | None = None
         self.identity.subscribe(self._identity_changed)
         self.identity_source: IdentitySource | None = identity_source_for(
             self.settings, self.identity
         )
+        if self.settings.mtls != "off":
+            self._tokens(start)
         self.reporter = InstanceReport(
             self.metrics.registry, self.settings.service, prefix=self.settings.instance
         )
@@ -83,6 +85,31 @@ class MeshRuntime:
                 self.identity_source.start()
         if start:
             _running.add(self)
+
+    def _tokens(self, start: bool) -> None:
+        """Token minter and verifier. With a control plane (its issuer can fetch tokens and
+        the JWKS) tokens are its to sign; otherwise the service signs its own with its
+        certificate's key (``x5c``), which callees verify against the trust bundle."""
+        from .identity._jwt import JWKSCache, JWTVerifier, TokenMinter
+
+        source = self.identity_source
+        fetch_token = getattr(source, "jwt_svid", None)
+        fetch_bundle = getattr(source, "jwt_bundle", None)
+        jwks = None
+        if fetch_bundle is not None:
+            jwks = JWKSCache(fetch_bundle, source=getattr(source, "base_url", "control plane"))
+            if getattr(source, "on_request", None) is None:
+                jwks.refresh()  # at start-up, as the first certificate: callers' first tokens
+            else:
+                jwks.stale()  # serverless: in a thread, never inside a request
+        self.token_verifier = JWTVerifier(
+            self.settings.spiffe_id,
+            self._bundle,
+            jwks=None if jwks is None else jwks.keys,
+            on_unknown_key=None if jwks is None else jwks.stale,
+        )
+        if source is not None:
+            self.token_minter = TokenMinter(self.identity, fetch=fetch_token)
 
     def restart_in_child(self) -> None:
         """Background work again, in a child forked from the process that started it.

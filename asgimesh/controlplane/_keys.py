@@ -17,10 +17,13 @@ from pathlib import Path
 import anyio.to_thread
 
 from .._log import get_logger
-from ..identity import MeshCA
+from ..identity import JWTIssuer, MeshCA
 from .stores import Store
 
-__all__ = ["load_admin_token", "load_keys"]
+__all__ = ["JWT_KEY_FILE", "load_admin_token", "load_jwt_issuer", "load_keys"]
+
+#: The JWT-SVID signing key's file in the state dir (PKCS#8 PEM, mode 0600).
+JWT_KEY_FILE = "jwt-signing-key.pem"
 
 log = get_logger("asgimesh.controlplane")
 
@@ -46,6 +49,34 @@ async def _load_or_create(store: Store, state_dir: Path, trust_domain: str) -> M
     await anyio.to_thread.run_sync(fresh.save, state_dir)
     log.info("mesh_ca_created", where=str(state_dir))
     return fresh
+
+
+async def load_jwt_issuer(store: Store, state_dir: Path, trust_domain: str) -> JWTIssuer:
+    """The key that signs ``mesh-identity`` tokens, found in the same order as the CA's:
+    ``state_dir/jwt-signing-key.pem``, else the replicated store (first replica's wins), else
+    a new key written to the state dir. Every replica must sign with the same key, or a
+    token from one would not verify against another's ``/v1/jwt-bundle``."""
+    path = state_dir / JWT_KEY_FILE
+    if path.exists():
+        pem = await anyio.to_thread.run_sync(path.read_bytes)
+        try:
+            return JWTIssuer.from_pem(trust_domain, pem)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    fresh = await anyio.to_thread.run_sync(JWTIssuer.create, trust_domain)
+    if store.shared:
+        stored = await store.bootstrap_secret("jwt-key", fresh.key_pem().decode())
+        return JWTIssuer.from_pem(trust_domain, stored)
+    await anyio.to_thread.run_sync(_write_private, path, fresh.key_pem())
+    log.info("jwt_key_created", where=str(path))
+    return fresh
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def load_admin_token(state_dir: Path) -> str:

@@ -36,7 +36,13 @@ from .._errors import PolicyError
 from .._etcd import EtcdError
 from .._log import Throttle, bounded, describe_error, get_logger
 from .._wire import bearer_token, is_service_name
-from ..identity import WORKLOAD_LIFETIME, CertificateRequestError, MeshCA
+from ..identity import (
+    WORKLOAD_LIFETIME,
+    CertificateRequestError,
+    JWTIssuer,
+    MeshCA,
+    is_spiffe_id,
+)
 from ..policy import (
     format_for,
     format_validation_error,
@@ -47,7 +53,7 @@ from ..policy import (
 from ._board import PollSlots, VersionBoard
 from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
 from ._inputs import MAX_VERSION, ApiError, ApiJSONResponse, json_value, show, whole_number
-from ._keys import load_admin_token, load_keys
+from ._keys import load_admin_token, load_jwt_issuer, load_keys
 from ._rollup import Report, roll_up
 from .stores import PolicyRecord, Store, open_store
 
@@ -59,6 +65,8 @@ log = get_logger("asgimesh.controlplane")
 _error_log = Throttle()
 
 MAX_BODY = 1 << 20
+#: What a ``mesh-identity`` token lives unless the caller asks for less (the longest allowed).
+MAX_JWT_LIFETIME = 300.0
 PEM = "application/x-pem-file"
 NDJSON = "application/x-ndjson"
 
@@ -112,6 +120,7 @@ class ControlPlane:
         self.store: Store = open_store(config.store, config.state_dir)
         self.admin_token = config.admin_token or ""
         self.ca: MeshCA | None = None
+        self.jwt: JWTIssuer | None = None
         self.board: VersionBoard | None = None
         self.polls = PollSlots(config.max_parked_polls, config.max_parked_per_client)
         self._cert_lifetime = datetime.timedelta(seconds=config.cert_lifetime)
@@ -127,6 +136,9 @@ class ControlPlane:
                     load_admin_token, self.config.state_dir
                 )
             self.ca = await load_keys(self.store, self.config.state_dir, self.config.trust_domain)
+            self.jwt = await load_jwt_issuer(
+                self.store, self.config.state_dir, self.config.trust_domain
+            )
             self.board = VersionBoard()
             latest = await self.store.latest()
             if latest is not None:
@@ -391,6 +403,40 @@ class ControlPlane:
         log.info("certificate_issued", spiffe_id=spiffe_id)
         return Response(chain, media_type=PEM)
 
+    async def jwt_svids(self, request: Request) -> Response:
+        """A ``mesh-identity`` token for the service the token belongs to (never one the body
+        names), for the one audience asked for, living at most five minutes."""
+        assert self.jwt is not None
+        owner = await self.require_service(request)
+        data = await self._json_object(request)
+        if owner is None:
+            if "service" not in data:
+                raise ApiError(422, "invalid_request", "service: required with the admin token")
+            owner = "/".join(_service_of(data))
+        audience = data.get("audience")
+        lifetime = data.get("lifetime", MAX_JWT_LIFETIME)
+        if not isinstance(lifetime, int | float) or isinstance(lifetime, bool):
+            raise ApiError(
+                422, "invalid_request", f"lifetime: expected seconds, got {show(lifetime)}"
+            )
+        namespace, _, service = owner.partition("/")
+        subject = f"spiffe://{self.jwt.trust_domain}/ns/{namespace}/sa/{service}"
+        if not isinstance(audience, str) or not is_spiffe_id(audience):
+            raise ApiError(
+                422,
+                "invalid_audience",
+                f"audience: expected the SPIFFE ID of the service to call, got {show(audience)}",
+            )
+        try:
+            token, expires = self.jwt.sign(subject, audience, time.time(), float(lifetime))
+        except ValueError as exc:
+            raise ApiError(422, "invalid_audience", f"{exc}, got {show(audience)}") from None
+        return ApiJSONResponse({"token": token, "spiffe_id": subject, "expires_at": expires})
+
+    async def jwt_bundle(self, request: Request) -> Response:
+        assert self.jwt is not None
+        return ApiJSONResponse(self.jwt.jwks(), headers={"cache-control": "max-age=60"})
+
     async def report(self, request: Request) -> Response:
         owner = await self.require_service(request)
         data = await self._json_object(request)
@@ -534,6 +580,8 @@ def create_app(config: ControlPlaneConfig | None = None) -> Starlette:
         ("/v1/tokens", plane.create_token, ["POST"]),
         ("/v1/trust-bundle", plane.trust_bundle, ["GET"]),
         ("/v1/certificates", plane.certificates, ["POST"]),
+        ("/v1/jwt-svids", plane.jwt_svids, ["POST"]),
+        ("/v1/jwt-bundle", plane.jwt_bundle, ["GET"]),
         ("/v1/reports", plane.report, ["POST"]),
         ("/v1/services", plane.services, ["GET"]),
     ]

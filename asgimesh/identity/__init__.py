@@ -15,6 +15,7 @@ from ._ca import (
     load_bundle,
     verify_issued_by,
 )
+from ._jwt_issuer import JWTIssuer
 from ._sources import IdentitySource, identity_source_for
 from ._spiffe import (
     control_plane_id,
@@ -37,6 +38,7 @@ __all__ = [
     "IdentityFiles",
     "IdentitySource",
     "IdentityStore",
+    "JWTIssuer",
     "MeshCA",
     "MeshClientContext",
     "control_plane_id",

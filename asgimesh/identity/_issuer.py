@@ -17,6 +17,7 @@ and never waits for it.
 from __future__ import annotations
 
 import datetime
+import json
 import random
 import ssl
 import threading
@@ -31,6 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from .._backoff import full_jitter
 from .._log import describe_error, get_logger
+from .._ssl import tls_context
 from ._store import IdentityStore
 from ._svid import X509SVID, IdentityError, load_pem_bundle, parse_svid
 
@@ -191,6 +193,35 @@ class ControlPlaneIssuer:
             detail = body[:200].decode("utf-8", "replace")
             raise IdentityError(f"{self.base_url}{path} answered {response.status_code}: {detail}")
         return body
+
+    # -- JWT-SVIDs (mesh-identity tokens) ---------------------------------------------------
+
+    def _client(self) -> httpx.Client:
+        verify = tls_context() if self._verify is True else self._verify
+        return httpx.Client(base_url=self.base_url, verify=verify, timeout=self._timeout)
+
+    def jwt_svid(self, audience: str) -> str:
+        """A control-plane-signed token naming this service, for ``audience`` (blocking; the
+        minter calls it once per audience and half-life). ``LookupError`` when there is no
+        token to be had, with why."""
+        headers = {"authorization": f"Bearer {self._token}"}
+        try:
+            with self._client() as client:
+                body = self._fetch(
+                    client, "/v1/jwt-svids", headers, method="POST", json={"audience": audience}
+                )
+            token = json.loads(body)["token"]
+        except (IdentityError, httpx.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
+            kind, message = describe_error(exc)
+            raise LookupError(f"no mesh-identity token for {audience}: {kind}: {message}") from None
+        if not isinstance(token, str):
+            raise LookupError(f"no mesh-identity token for {audience}: the answer has none")
+        return token
+
+    def jwt_bundle(self) -> bytes:
+        """The control plane's JWKS (``GET /v1/jwt-bundle``), as read (blocking)."""
+        with self._client() as client:
+            return self._fetch(client, "/v1/jwt-bundle", {})
 
     def _attempt(self) -> bool:
         """One issuance, its failure logged and scheduled for a retry; never raises."""

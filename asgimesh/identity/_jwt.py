@@ -20,6 +20,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import json
+import math
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +32,8 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from .._backoff import full_jitter
+from .._log import describe_error, get_logger
 from ._spiffe import is_spiffe_id, trust_domain_of, uri_sans
 from ._store import IdentityStore
 from ._svid import verify_chain
@@ -36,8 +41,10 @@ from ._svid import verify_chain
 __all__ = [
     "ALGORITHMS",
     "MAX_LIFETIME",
+    "JWKSCache",
     "JWTVerifier",
     "TokenMinter",
+    "parse_jwks",
     "sign_with_svid",
 ]
 
@@ -49,6 +56,13 @@ SKEW = 30.0
 MAX_TOKEN = 8 * 1024
 #: At most this many verified tokens are remembered (then the memory starts afresh).
 MAX_CACHED = 4096
+#: The most keys a JWKS may hold (the control plane publishes one; a rotation, two).
+MAX_JWKS_KEYS = 16
+#: A token signed with a ``kid`` not in the bundle makes the bundle be fetched again, at most
+#: this often (seconds): a flood of forged ``kid`` values costs the control plane nothing.
+JWKS_REFRESH = 5.0
+
+log = get_logger("asgimesh.identity")
 
 
 def _b64(data: bytes) -> str:
@@ -76,12 +90,94 @@ def sign_with_svid(store: IdentityStore, audience: str, now: float, lifetime: fl
     )
 
 
+def parse_jwks(data: bytes) -> dict[str, Any]:
+    """``{kid: public key}`` of a JWKS (RFC 7517): EC and RSA signature keys with a ``kid`` and
+    an allowed algorithm; others are skipped. ``ValueError`` when it is no JWKS at all."""
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ValueError("expected a JSON JWKS") from None
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or len(entries) > MAX_JWKS_KEYS:
+        raise ValueError(f"expected a JWKS: an object whose 'keys' lists 0 to {MAX_JWKS_KEYS} keys")
+    keys: dict[str, Any] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
+            continue
+        if entry.get("use", "sig") != "sig" or entry.get("alg", "ES256") not in ALGORITHMS:
+            continue
+        try:
+            key = jwt.PyJWK(entry).key
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            continue
+        if isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            keys[entry["kid"]] = key
+    return keys
+
+
+class JWKSCache:
+    """The control plane's JWT keys, as a verifier needs them: read without waiting, fetched
+    again (in a thread, never on the event loop) when a token names a key not yet known."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], bytes],
+        *,
+        source: str = "the control plane",
+        clock: Callable[[], float] = time.monotonic,
+        min_interval: float = JWKS_REFRESH,
+    ) -> None:
+        self._fetch = fetch
+        self._source = source
+        self._clock = clock
+        self._min_interval = min_interval
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = -math.inf
+        self._busy = threading.Lock()
+
+    def keys(self) -> Mapping[str, Any]:
+        return self._keys
+
+    def refresh(self) -> bool:
+        """Fetch the bundle now (blocking); on failure keep the keys there are and say why."""
+        self._fetched_at = self._clock()
+        try:
+            keys = parse_jwks(self._fetch())
+        except Exception as exc:  # any failure keeps the last good keys
+            kind, message = describe_error(exc)
+            log.warning(
+                "jwt_bundle_fetch_failed", source=self._source, error_type=kind, message=message
+            )
+            return False
+        self._keys = keys
+        return True
+
+    def stale(self) -> None:
+        """A token named an unknown ``kid``: start one refresh unless one ran lately."""
+        if self._clock() - self._fetched_at < self._min_interval:
+            return
+        if not self._busy.acquire(blocking=False):
+            return
+        self._fetched_at = self._clock()
+
+        def run() -> None:
+            try:
+                self.refresh()
+            finally:
+                self._busy.release()
+
+        threading.Thread(target=run, name="asgimesh-jwt-bundle", daemon=True).start()
+
+
 class TokenMinter:
     """The caller's side: one token per audience, made again at half its life.
 
     ``fetch(audience)`` gets a token from the control plane (blocking I/O: the transports call
-    it off the event loop, and only when the cache has none); without it tokens are signed with
-    the process's own X.509-SVID key.
+    it off the event loop, and only when the cache has none; one fetch at a time, so a burst
+    of first calls makes one request); without it tokens are signed with the process's own
+    X.509-SVID key. A fetch that fails (``LookupError``) is not tried again for that audience
+    before a full-jitter backoff (1 s doubling up to a minute): a control plane that is down
+    is not asked once per call.
     """
 
     def __init__(
@@ -91,51 +187,76 @@ class TokenMinter:
         fetch: Callable[[str], str] | None = None,
         lifetime: float = MAX_LIFETIME,
         clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self._store = store
         self._fetch = fetch
         self.lifetime = lifetime
         self._clock = clock
-        #: audience -> (token, when to make the next one)
-        self._tokens: dict[str, tuple[str, float]] = {}
+        self._rand = rand
+        #: audience -> (token, the header value, when to make the next one)
+        self._tokens: dict[str, tuple[str, bytes, float]] = {}
+        #: audience -> (failures in a row, not before)
+        self._failures: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
+        self._making = threading.Lock()
 
     @property
     def needs_io(self) -> bool:
         """Whether making a token may block (it comes from the control plane)."""
         return self._fetch is not None
 
-    def cached(self, audience: str) -> str | None:
-        """The token for ``audience`` if one is fresh enough, without any work."""
+    def cached(self, audience: str) -> bytes | None:
+        """The ``mesh-identity`` header value for ``audience`` if fresh enough, without work."""
         entry = self._tokens.get(audience)
-        if entry is not None and self._clock() < entry[1]:
-            return entry[0]
+        if entry is not None and self._clock() < entry[2]:
+            return entry[1]
         return None
 
-    def token_for(self, audience: str) -> str | None:
-        """The token for ``audience``: cached, or made now (``None`` without an identity yet).
-        May block on the control plane where :attr:`needs_io`."""
+    def token_for(self, audience: str) -> bytes | None:
+        """The header value for ``audience``: cached, or made now (``None`` without an identity
+        yet, or while a failed fetch backs off). May block on the control plane where
+        :attr:`needs_io`."""
         token = self.cached(audience)
         if token is not None:
             return token
+        with self._making:
+            token = self.cached(audience)  # made by another thread while this one waited
+            if token is not None:
+                return token
+            return self._make(audience)
+
+    def _make(self, audience: str) -> bytes | None:
         now = self._clock()
+        failures, not_before = self._failures.get(audience, (0, 0.0))
+        if now < not_before:
+            return None
         try:
             if self._fetch is not None:
                 token = self._fetch(audience)
             else:
                 token = sign_with_svid(self._store, audience, now, self.lifetime)
-        except LookupError:
+        except LookupError as exc:
+            if self._fetch is not None:
+                failures += 1
+                delay = full_jitter(failures, 1.0, 60.0, self._rand)
+                self._failures[audience] = (failures, now + delay)
+                log.warning(
+                    "mesh_identity_token_failed", message=str(exc), retry_in_s=round(delay, 3)
+                )
             return None
+        self._failures.pop(audience, None)
         try:
             claims = jwt.decode(token, options={"verify_signature": False})
             expires = float(claims["exp"])
         except (jwt.PyJWTError, KeyError, TypeError, ValueError):
             expires = now + self.lifetime
+        header = token.encode("ascii", "replace")
         with self._lock:
             if len(self._tokens) >= MAX_CACHED:
                 self._tokens = {}
-            self._tokens[audience] = (token, now + (expires - now) / 2)
-        return token
+            self._tokens[audience] = (token, header, now + (expires - now) / 2)
+        return header
 
 
 class JWTVerifier:

@@ -37,7 +37,7 @@ RETRY_AFTER_STATUSES = (429, 503)
 #: httpx's per-operation timeouts, each capped by a try's time limit.
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 #: Headers the mesh sets on each try, replacing any the app set.
-PER_TRY_HEADERS = frozenset({b"mesh-attempt", b"mesh-deadline-ms"})
+PER_TRY_HEADERS = frozenset({b"mesh-attempt", b"mesh-deadline-ms", b"mesh-identity"})
 
 
 class Call:

@@ -70,6 +70,9 @@ class _Shell(Generic[Req, Resp]):
         self._mtls = settings.mtls != "off"
         self._secure_kwargs = {k: v for k, v in kwargs.items() if k not in ("verify", "cert")}
         self._default_ids: dict[str, str] = {}
+        #: Where mTLS cannot carry the identity (a mesh service's plain ``http://`` endpoint,
+        #: permissive mode), a ``mesh-identity`` token for that service carries it instead.
+        self._minter = self._planner.runtime.token_minter if self._mtls else None
 
     def _expected_id(self, call: Call) -> str:
         """The ID ``call``'s service must present: its policy's ``identity``, else the mesh's
@@ -98,6 +101,11 @@ class _Shell(Generic[Req, Resp]):
             return None
         left = call.remaining(self._planner.clock())
         return IDENTITY_WAIT if left is None else max(left, 0.0)
+
+    def _tokened(self, send: Send, token: bytes | None) -> Send:
+        if token is None:
+            return send
+        return Send(send.endpoint, [*send.headers, (b"mesh-identity", token)], send.timeout)
 
     def _explained(self, exc: Exception, request: Req) -> Exception:
         """``exc``, or a ``ConnectError`` with the identity mismatch behind it where its own
@@ -181,6 +189,29 @@ class AsyncMeshShell(_Shell[Req, Resp]):
             self._secure_inners[expected] = inner
         return inner
 
+    async def _with_token(self, call: Call, send: Send) -> Send:
+        """``send`` carrying this service's token for ``call``'s service. The first call for
+        a service makes it: waiting (bounded by the call's time left) for this service's
+        first certificate, and asking the control plane in a worker thread, never on the
+        loop. No token to be had (no identity, the control plane down): sent without."""
+        minter = self._minter
+        assert minter is not None
+        audience = self._expected_id(call)
+        token = minter.cached(audience)
+        if token is None:
+            wait = self._identity_wait(call)
+            if wait is not None:
+                await self._planner.runtime.identity.wait_async(wait)
+            if minter.needs_io:
+                left = call.remaining(self._planner.clock())
+                with anyio.move_on_after(IDENTITY_WAIT if left is None else max(left, 0.0)):
+                    token = await anyio.to_thread.run_sync(
+                        minter.token_for, audience, abandon_on_cancel=True
+                    )
+            else:
+                token = minter.token_for(audience)
+        return self._tokened(send, token)
+
     async def handle_async_request(self, request: Req) -> Resp:
         call = self._plan(request)
         if call is None:
@@ -190,11 +221,14 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         while True:
             if isinstance(step, Send):
                 send = step
-                inner = (
-                    await self._secure(call, request)
-                    if self._mtls and send.endpoint.scheme == "https"
-                    else self._inner
-                )
+                if not self._mtls:
+                    inner = self._inner
+                elif send.endpoint.scheme == "https":
+                    inner = await self._secure(call, request)
+                else:
+                    inner = self._inner
+                    if self._minter is not None:
+                        send = await self._with_token(call, send)
                 try:
                     response = await inner.handle_async_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
@@ -295,6 +329,19 @@ class SyncMeshShell(_Shell[Req, Resp]):
             self._secure_inners[expected] = inner
         return inner
 
+    def _with_token(self, call: Call, send: Send) -> Send:
+        """As the async driver's, in the calling thread."""
+        minter = self._minter
+        assert minter is not None
+        audience = self._expected_id(call)
+        token = minter.cached(audience)
+        if token is None:
+            wait = self._identity_wait(call)
+            if wait is not None:
+                self._planner.runtime.identity.wait(wait)
+            token = minter.token_for(audience)
+        return self._tokened(send, token)
+
     def handle_request(self, request: Req) -> Resp:
         call = self._plan(request)
         if call is None:
@@ -304,11 +351,14 @@ class SyncMeshShell(_Shell[Req, Resp]):
         while True:
             if isinstance(step, Send):
                 send = step
-                inner = (
-                    self._secure(call, request)
-                    if self._mtls and send.endpoint.scheme == "https"
-                    else self._inner
-                )
+                if not self._mtls:
+                    inner = self._inner
+                elif send.endpoint.scheme == "https":
+                    inner = self._secure(call, request)
+                else:
+                    inner = self._inner
+                    if self._minter is not None:
+                        send = self._with_token(call, send)
                 try:
                     response = inner.handle_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:

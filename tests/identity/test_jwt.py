@@ -166,7 +166,7 @@ def test_minter_keeps_one_token_per_audience_until_half_its_life(ca) -> None:
     assert minter.cached(PAYMENTS) is None  # past half its life: make the next one
     second = minter.token_for(PAYMENTS)
     assert second is not None and second != first
-    assert verifier(ca).verify(second, now[0]) == (ORDERS, None)
+    assert verifier(ca).verify(second.decode(), now[0]) == (ORDERS, None)
     store.close()
 
 
