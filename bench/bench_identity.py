@@ -1,8 +1,9 @@
 """What mesh identity costs: a two-hop chain in plain HTTP, with tokens, and with mTLS.
 
 Two services, each one uvicorn worker with the mesh (access log off, metrics and tracing on;
-``asgimesh serve bench._identity_app:app`` for mTLS, the app already wrapped otherwise): ``frontend``'s ``GET /call`` asks ``payments``' ``GET /whoami``
-through ``AsyncMeshTransport`` and answers what payments said. A driver (this process, a
+``asgimesh serve bench._identity_app:app`` for mTLS, the app already wrapped otherwise):
+``frontend``'s ``GET /call`` asks ``payments``' ``GET /whoami`` through ``AsyncMeshTransport``
+and answers what payments said. A driver (this process, a
 keep-alive ``httpx.Client``) calls frontend one request at a time, so every request crosses two
 hops, driver → frontend and frontend → payments:
 

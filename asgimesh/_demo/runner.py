@@ -263,6 +263,9 @@ def run_demo(*, state_dir: Path, duration: float | None, port: int) -> int:
                 MESH_INSTANCE=spec.name,
                 MESH_CONFIG=cp_url,
                 MESH_TOKEN=token,
+                # Identities from the control plane; the servers speak plain HTTP, so each call
+                # between them carries a mesh-identity token (payments admits only orders).
+                MESH_MTLS="permissive",
                 # The control plane's CA (it signs each policy version) is trusted from its
                 # own files, not on first use.
                 MESH_CA=str(ca),
@@ -323,6 +326,7 @@ The shop is running: frontend -> orders -> payments (payments-1, and payments-2-
                             $ curl -s {urls["orders"]}/_mesh/metrics
   services and instances    $ {cli} status {server}
   the policy in force       $ {cli} policy get -o yaml {server}
+  only orders may charge    $ curl -s -X POST {urls["p1"]}/charge
 
 Policies to try while it runs (each is a new version, live in a few milliseconds):
 {tries}

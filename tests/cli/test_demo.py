@@ -81,6 +81,12 @@ def test_demo_commands_work_as_printed(tmp_path) -> None:
         shop = subprocess.run(["bash", "-c", commands[0]], cwd=tmp_path, capture_output=True,
                               text=True, timeout=60)  # fmt: skip
         assert '"frontend":"ok"' in shop.stdout.replace(" ", "") and "replica" in shop.stdout
+        # Orders charges with its verified identity (a token between plain-HTTP servers); an
+        # anonymous charge straight to payments is refused by the `from: orders` rule.
+        (charge,) = [c for c in commands if c.endswith("/charge")]
+        anonymous = subprocess.run(["bash", "-c", charge], cwd=tmp_path, capture_output=True,
+                                   text=True, timeout=60)  # fmt: skip
+        assert '"error":"forbidden"' in anonymous.stdout.replace(" ", ""), anonymous.stdout
     finally:
         demo.send_signal(signal.SIGINT)
         rest = demo.communicate(timeout=60)[0]

@@ -169,3 +169,48 @@ def test_forged_tokens_are_no_identity(
         assert response.status_code == 401
     else:
         assert response.status_code == 200 and response.json()["caller"] is None
+
+
+def test_file_identities_sign_their_own_tokens(tmp_path) -> None:
+    """No control plane: the caller signs with its certificate's key (``x5c``), and the callee
+    believes it because the chain verifies against the trust bundle and names ``sub``."""
+    from asgimesh.testing import ThrowawayCA
+
+    ca = ThrowawayCA("mesh.local")
+    mine = ca.issue(ORDERS).write(tmp_path / "orders")
+    theirs = ca.issue(PAYMENTS).write(tmp_path / "payments")
+    callee = MeshRuntime(
+        MeshSettings.from_env(
+            service="payments", mtls="strict", cert=theirs.cert, key=theirs.key, ca=theirs.ca
+        ),
+        start=False,
+    )
+    app = MeshMiddleware(Starlette(routes=[Route("/whoami", whoami)]), runtime=callee)
+    with serve_in_thread(app) as server:
+        url = f"http://127.0.0.1:{server.config.port}"
+        caller = MeshRuntime(
+            MeshSettings.from_env(
+                service="orders", mtls="permissive", cert=mine.cert, key=mine.key, ca=mine.ca,
+                upstreams=f"payments={url}",
+            ),
+            start=False,
+        )
+        try:
+            with httpx.Client(transport=MeshTransport(runtime=caller)) as client:
+                answers = [client.get("http://payments/whoami").json() for _ in range(3)]
+            stranger = ThrowawayCA("mesh.local").issue(ORDERS).write(tmp_path / "stranger")
+            foreign = MeshRuntime(
+                MeshSettings.from_env(
+                    service="orders", mtls="permissive", cert=stranger.cert, key=stranger.key,
+                    ca=stranger.ca, upstreams=f"payments={url}",
+                ),
+                start=False,
+            )
+            with httpx.Client(transport=MeshTransport(runtime=foreign)) as client:
+                refused = client.get("http://payments/whoami")
+            foreign.close()
+        finally:
+            caller.close()
+    callee.close()
+    assert {a["caller"] for a in answers} == {ORDERS} and len({a["token"] for a in answers}) == 1
+    assert refused.status_code == 401  # signed by a key no trusted CA vouches for
