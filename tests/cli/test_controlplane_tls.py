@@ -345,3 +345,27 @@ def test_one_context_per_process_for_every_client(tmp_path) -> None:
     from asgimesh._ssl import tls_context
 
     assert control_plane_context("https://cp:7070", "mesh.local", None, warn=False) is tls_context()
+
+
+def test_asgimesh_serve_gets_its_identity_and_policy_over_pinned_https(cp, spawn) -> None:
+    """A real ``asgimesh serve`` (strict mTLS) whose certificate and policy come from the
+    https control plane, pinned with MESH_CA: it serves https with the issued certificate."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = spawn.start(
+        [sys.executable, "-m", "asgimesh", "serve", "tests.identity.apps_mtls:starlette_app",
+         "--port", str(port)],
+        port=port,
+        env=service_env(cp, cp.trust_bundle),
+    )
+    assert f"https://127.0.0.1:{port} as {ORDERS} (MESH_MTLS=strict)" in server.output()
+    bundle = cp.trust_bundle.read_bytes()
+    from asgimesh.identity import MeshClientContext
+
+    with httpx.Client(verify=MeshClientContext(ORDERS, bundle_pem=bundle), timeout=5) as client:
+        assert client.get(f"https://127.0.0.1:{port}/_mesh/health").status_code == 200
+        config = client.get(f"https://127.0.0.1:{port}/_mesh/config").json()
+    assert config["policy_version"] == 1, config
+    assert config["source"] == f"controlplane:{cp.url}"
+    assert "control_plane_not_pinned" not in server.output()
