@@ -31,8 +31,9 @@ __all__ = ["control_plane_context", "control_plane_tls_problem"]
 
 log = get_logger("asgimesh.identity")
 
-_warned = threading.Lock()
-_warned_once: list[bool] = []
+_warn_lock = threading.Lock()
+#: Whether this process has said that its control plane is not pinned (it says so once).
+_warned = False
 
 
 @functools.lru_cache(maxsize=8)
@@ -51,9 +52,9 @@ def control_plane_context(
         if bundle_pem is not None:
             return _pinned(trust_domain, bundle_pem)
         if warn:
-            with _warned:
-                first = not _warned_once
-                _warned_once.append(True)
+            global _warned
+            with _warn_lock:
+                first, _warned = not _warned, True
             if first:
                 log.warning(
                     "control_plane_not_pinned",
