@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -114,6 +114,8 @@ class ServerProcess:
         self.args = list(args)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        #: A ``--tls`` control plane's trust bundle (``MESH_CA``); ``None`` otherwise.
+        self.trust_bundle: Path | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="asgimesh-test-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -435,10 +437,26 @@ class ControlPlaneStarter:
         state_dir: Path | None = None,
         port: int | None = None,
         launcher: Sequence[str] = (sys.executable, "-m", "asgimesh"),
+        tls: bool = False,
     ) -> ServerProcess:
-        """``launcher`` is what runs ``asgimesh`` (a wrapper may set limits first)."""
+        """``launcher`` is what runs ``asgimesh`` (a wrapper may set limits first). With
+        ``tls`` the process serves ``--tls``: its ``url`` is ``https://`` and its
+        ``trust_bundle`` the PEM file services pin it with (``MESH_CA``)."""
         self._count += 1
         state = state_dir or self._tmp_path / f"cp{self._count}"
+        if tls:
+            # uvicorn binds only once the app's start-up is done: a connection is readiness.
+            server = self._spawner.start(self._args(state, store, launcher, ("--tls", *extra)),
+                                         port=port)
+            server.url = f"https://127.0.0.1:{server.port}"
+            server.trust_bundle = state / "trust-bundle.pem"
+            return server
+        args = self._args(state, store, launcher, extra)
+        return self._spawner.start(args, port=port, ready_path="/v1/trust-bundle")
+
+    def _args(
+        self, state: Path, store: str | None, launcher: Sequence[str], extra: Sequence[str]
+    ) -> list[str]:
         args = [
             *launcher,
             "control-plane",
@@ -451,10 +469,29 @@ class ControlPlaneStarter:
             *(["--store", store] if store else []),
             *extra,
         ]
-        return self._spawner.start(args, port=port, ready_path="/v1/trust-bundle")
+        return args
 
 
 @pytest.fixture
 def control_plane_process(spawn: Spawner, tmp_path: Path) -> ControlPlaneStarter:
     """Start real control-plane processes (SQLite in the test's temp dir unless ``store=``)."""
     return ControlPlaneStarter(spawn, tmp_path)
+
+
+@pytest.fixture
+def https_server(spawn: Spawner) -> Callable[[Path, Path], ServerProcess]:
+    """Start a real uvicorn serving HTTPS with the given certificate and key files (an
+    :class:`asgimesh.testing.FakeUpstream` answering 200 to anything): a server that is not
+    the control plane, for the tests of what clients refuse."""
+
+    def start(cert: Path, key: Path) -> ServerProcess:
+        server = spawn.uvicorn(
+            "asgimesh.testing:upstream_from_env",
+            env={"UPSTREAM_NAME": "impostor"},
+            extra=["--factory", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+                   "--log-level", "critical", "--timeout-graceful-shutdown", "1"],
+        )
+        server.url = f"https://127.0.0.1:{server.port}"
+        return server
+
+    return start

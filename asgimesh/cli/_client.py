@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,6 +49,12 @@ def add_server_options(parser: argparse.ArgumentParser, *, token: bool = True) -
     )
     if token:
         parser.add_argument("--token", help="admin token (default: MESH_ADMIN_TOKEN)")
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="the mesh's trust bundle (PEM) to pin an https control plane: its certificate "
+        "must chain to it and name the control plane's ID (default: MESH_CA)",
+    )
     parser.epilog = EPILOG
 
 
@@ -75,11 +83,17 @@ def call(
                 EXIT_UNAUTHORIZED, "no admin token: pass --token or set MESH_ADMIN_TOKEN"
             )
         headers["authorization"] = f"Bearer {token}"
+    verify, bundle = _verify(args, server)
     try:
-        response = httpx.request(method, server + path, headers=headers, timeout=10, **kwargs)
+        response = httpx.request(
+            method, server + path, headers=headers, timeout=10, verify=verify, **kwargs
+        )
     except httpx.HTTPError as exc:
+        from ..identity import control_plane_tls_problem
+
+        problem = control_plane_tls_problem(exc, bundle) or str(exc) or type(exc).__name__
         raise CommandFailedError(
-            EXIT_UNREACHABLE, f"cannot reach the control plane at {server}: {exc}"
+            EXIT_UNREACHABLE, f"cannot reach the control plane at {server}: {problem}"
         ) from None
     if response.status_code in (401, 403):
         raise CommandFailedError(
@@ -98,6 +112,42 @@ def call(
             f"the control plane answered {response.status_code}: {_detail(response)}",
         )
     return response
+
+
+def _verify(args: argparse.Namespace, server: str) -> tuple[ssl.SSLContext, str]:
+    """The TLS context for ``server`` and what names its trust bundle in messages. With
+    ``--ca`` (or ``MESH_CA``) and ``https://`` the control plane is pinned: its chain must
+    verify against that bundle and its URI SAN be the control plane's ID of
+    ``MESH_TRUST_DOMAIN`` (default ``mesh.local``). A bundle that cannot be read stops the
+    command with one line naming the file."""
+    from ..identity import control_plane_context, control_plane_id, load_bundle
+
+    given = getattr(args, "ca", None)
+    path = given or os.environ.get("MESH_CA") or None
+    label = f"--ca {given}" if given else f"MESH_CA={path}" if path else "the system trust store"
+    trust_domain = os.environ.get("MESH_TRUST_DOMAIN") or "mesh.local"
+    bundle: bytes | None = None
+    if path is not None:
+        try:
+            bundle = Path(path).read_bytes()
+        except OSError as exc:
+            raise CommandFailedError(
+                EXIT_USAGE, f"{label}: cannot read the trust bundle ({exc.strerror or exc})"
+            ) from None
+        try:
+            load_bundle(bundle)
+        except ValueError:
+            raise CommandFailedError(
+                EXIT_USAGE, f"{label}: expected PEM certificates (the mesh's trust bundle)"
+            ) from None
+    elif urlsplit(server).scheme == "https":
+        print(
+            f"asgimesh: warning: the control plane at {server} is checked against the system "
+            f"trust store, not pinned to {control_plane_id(trust_domain)}: pass --ca or set "
+            "MESH_CA to the mesh's trust bundle",
+            file=sys.stderr,
+        )
+    return control_plane_context(server, trust_domain, bundle, warn=False), label
 
 
 def _json(response: httpx.Response) -> dict[str, Any] | None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import signal
 import sqlite3
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -16,6 +21,10 @@ from .._durations import parse_duration
 from .._etcd import EtcdError
 from ..controlplane.stores import Store, open_store
 from ._client import EXIT_UNREACHABLE, CommandFailedError, add_server_options, call, fail
+
+if TYPE_CHECKING:
+    from ..controlplane import ControlPlaneConfig
+    from ..identity import MeshCA
 
 __all__ = ["register"]
 
@@ -79,6 +88,12 @@ def register(commands: Any) -> None:
         help="lifetime of the workload certificates issued, 2s to 24h (default 24h); "
         "services renew at half of it",
     )
+    server.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a certificate the mesh CA issues at start for the control "
+        "plane's ID (valid 24h: restart within a day); services pin it with MESH_CA",
+    )
     server.add_argument("--log-format", choices=["json", "console"], default="json")
     server.set_defaults(handler=control_plane_command)
 
@@ -139,6 +154,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
     from .._errors import ConfigError
     from .._logging import configure_logging, throttle_server_logs
     from ..controlplane import ControlPlaneConfig, create_app
+    from ..identity import control_plane_id
 
     configure_logging(args.log_format)
     throttle_server_logs()
@@ -167,16 +183,95 @@ def control_plane_command(args: argparse.Namespace) -> int:
     if problem:
         print(f"asgimesh: {problem}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=1,
-        limit_concurrency=concurrency,
-    )
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "warning",
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 1,
+        "limit_concurrency": concurrency,
+    }
+    if not args.tls:
+        uvicorn.run(app, **options)
+        return 0
+    try:
+        ca = anyio.run(_load_ca, open_store(config.store, config.state_dir), config)
+    except (OSError, ValueError, httpx.HTTPError, EtcdError, sqlite3.Error) as exc:
+        print(f"asgimesh: cannot load the mesh CA for --tls: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    # uvicorn stops gracefully on SIGTERM, then raises it again: with the default handler the
+    # process would end there, leaving the private key behind. This handler unwinds instead
+    # (removing it), and the signal is raised again once the files are gone.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    terminated = False
+    try:
+        with _tls_files(ca, args.host, config.state_dir) as (cert, key, bundle):
+            host = f"[{args.host}]" if ":" in args.host else args.host
+            print(
+                f"asgimesh: control plane at https://{host}:{args.port} as "
+                f"{control_plane_id(config.trust_domain)}; trust bundle: {bundle} "
+                f"(give services MESH_CA={bundle})",
+                flush=True,
+            )
+            uvicorn.run(app, ssl_certfile=str(cert), ssl_keyfile=str(key), **options)
+    except _TerminatedError:
+        terminated = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        signal.raise_signal(signal.SIGTERM)
     return 0
+
+
+class _TerminatedError(Exception):
+    """SIGTERM arrived: unwind, so the TLS key's temp dir is removed."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _TerminatedError
+
+
+async def _load_ca(store: Store, config: ControlPlaneConfig) -> MeshCA:
+    """The mesh CA the server is about to load (created now if there is none yet: the
+    server's start-up then loads the same one, from the state dir or the shared store)."""
+    from ..controlplane import load_keys
+
+    await store.open()
+    try:
+        return await load_keys(store, config.state_dir, config.trust_domain)
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def _tls_files(ca: MeshCA, host: str, state_dir: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """The control plane's TLS certificate and key in a private temp dir (0700, files 0600,
+    removed on exit), and the trust bundle written to ``STATE_DIR/trust-bundle.pem`` for
+    services' ``MESH_CA``. The certificate is made anew at every start and lasts 24 hours."""
+    chain, key = ca.control_plane_tls([host])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    bundle = (state_dir / "trust-bundle.pem").resolve()
+    _write(bundle, ca.bundle_pem(), 0o644)
+    private = Path(tempfile.mkdtemp(prefix="asgimesh-controlplane-tls-"))
+    try:
+        cert_path, key_path = private / "cert.pem", private / "key.pem"
+        _write(cert_path, chain, 0o600)
+        _write(key_path, key, 0o600)
+        yield cert_path, key_path, bundle
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` with ``mode`` from the start, replacing it atomically."""
+    partial = path.with_name(path.name + ".partial")
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(partial, mode)  # whatever the umask took away (a bundle stays world-readable)
+    os.replace(partial, path)
 
 
 async def _probe_store(store: Store, patience: float = 10.0) -> str | None:

@@ -7,6 +7,7 @@ which signs what services ask for.
 """
 
 from ._ca import (
+    CONTROL_PLANE_TLS_LIFETIME,
     MIN_LIFETIME,
     WORKLOAD_LIFETIME,
     CertificateRequestError,
@@ -15,6 +16,7 @@ from ._ca import (
     load_bundle,
     verify_issued_by,
 )
+from ._controlplane_tls import control_plane_context, control_plane_tls_problem
 from ._jwt_issuer import JWTIssuer
 from ._sources import IdentitySource, identity_source_for
 from ._spiffe import (
@@ -30,6 +32,7 @@ from ._svid import X509SVID, IdentityError, parse_svid, verify_chain
 from ._tls import MeshClientContext, identity_mismatch, server_context
 
 __all__ = [
+    "CONTROL_PLANE_TLS_LIFETIME",
     "MIN_LIFETIME",
     "WORKLOAD_LIFETIME",
     "X509SVID",
@@ -41,7 +44,9 @@ __all__ = [
     "JWTIssuer",
     "MeshCA",
     "MeshClientContext",
+    "control_plane_context",
     "control_plane_id",
+    "control_plane_tls_problem",
     "id_matches",
     "identity_mismatch",
     "identity_source_for",

@@ -15,6 +15,10 @@ What the CA signs is strict, because any certificate it issues is trusted by eve
   a service token;
 * the signer certificate names the control plane's ID and carries ``contentCommitment``, a key
   usage no workload certificate has, so services can tell a policy signer from a workload.
+* the control plane's own TLS certificate (``asgimesh control-plane --tls``,
+  :meth:`MeshCA.control_plane_tls`) is the only one with names beside its URI SAN: the control
+  plane's ID, plus DNS ``localhost`` and IP SANs for loopback and the bind host, serverAuth
+  only, at most :data:`CONTROL_PLANE_TLS_LIFETIME`. Services check its URI SAN, not the names.
 
 Private keys leave this module only as PEM for storage (files with mode 0600, or the replicated
 store); nothing here logs or prints them.
@@ -23,6 +27,7 @@ store); nothing here logs or prints them.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ._spiffe import control_plane_id, is_spiffe_id
 
 __all__ = [
+    "CONTROL_PLANE_TLS_LIFETIME",
     "SIGNER_USAGE",
     "WORKLOAD_LIFETIME",
     "WORKLOAD_USAGE",
@@ -52,6 +58,9 @@ SIGNER_LIFETIME = datetime.timedelta(days=825)
 #: Workload certificates are short-lived: a leaked one is useless within the day. Also the cap:
 #: a caller may ask for shorter (tests do), never longer.
 WORKLOAD_LIFETIME = datetime.timedelta(hours=24)
+#: The control plane's own TLS certificate (``asgimesh control-plane --tls``): made at every
+#: start, so a restart within the day renews it.
+CONTROL_PLANE_TLS_LIFETIME = datetime.timedelta(hours=24)
 #: The shortest certificate the CA issues (a renewal at half its life must still be possible).
 MIN_LIFETIME = datetime.timedelta(seconds=2)
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -232,7 +241,10 @@ class MeshCA:
         *,
         server_or_client: bool,
         usage: x509.KeyUsage = WORKLOAD_USAGE,
+        server_names: Sequence[x509.DNSName | x509.IPAddress] = (),
     ) -> x509.Certificate:
+        """One certificate: exactly one URI SAN, ``spiffe_id``; ``server_names`` (DNS and IP
+        SANs, and serverAuth only) are for the control plane's own TLS certificate alone."""
         now = _now()
         builder = (
             x509.CertificateBuilder()
@@ -245,7 +257,9 @@ class MeshCA:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(usage, critical=True)
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(spiffe_id), *server_names]
+                ),
                 critical=True,
             )
             .add_extension(
@@ -253,7 +267,11 @@ class MeshCA:
                 critical=False,
             )
         )
-        if server_or_client:
+        if server_names:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+        elif server_or_client:
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -322,6 +340,51 @@ class MeshCA:
             server_or_client=True,
         )
         return certificate.public_bytes(serialization.Encoding.PEM) + self.bundle_pem()
+
+    def control_plane_tls(
+        self,
+        hosts: Sequence[str] = (),
+        lifetime: datetime.timedelta = CONTROL_PLANE_TLS_LIFETIME,
+    ) -> tuple[bytes, bytes]:
+        """The control plane's own TLS server certificate, with a new key: ``(chain PEM, key
+        PEM)``. Its one URI SAN is the control plane's ID (what services check); DNS
+        ``localhost``, IP ``127.0.0.1`` and ``::1`` and each of ``hosts`` (an IP address or a
+        DNS name; unspecified addresses such as ``0.0.0.0`` are skipped) are added for clients
+        that check host names. Extended key usage serverAuth only. The key is returned as PEM
+        for a private file; it is never logged."""
+        names: list[x509.DNSName | x509.IPAddress] = [x509.DNSName("localhost")]
+        addresses = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+        for host in hosts:
+            text = host.strip().strip("[]")
+            if not text:
+                continue
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                dns = x509.DNSName(text.lower())
+                if dns not in names:
+                    names.append(dns)
+                continue
+            if not address.is_unspecified and address not in addresses:
+                addresses.append(address)
+        names.extend(x509.IPAddress(address) for address in addresses)
+        key = ec.generate_private_key(ec.SECP256R1())
+        certificate = self._issue(
+            self.ca_key,
+            self.ca_cert,
+            key.public_key(),
+            control_plane_id(self.trust_domain),
+            "asgimesh control plane",
+            max(MIN_LIFETIME, min(lifetime, CONTROL_PLANE_TLS_LIFETIME)),
+            server_or_client=True,
+            server_names=names,
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM) + self.bundle_pem(), key_pem
 
     # -- sharing ------------------------------------------------------------------------------
 

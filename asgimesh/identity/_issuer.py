@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .._backoff import full_jitter
-from .._log import describe_error, get_logger
+from .._log import bounded, describe_error, get_logger
 from .._ssl import tls_context
+from ._controlplane_tls import control_plane_tls_problem
 from ._store import IdentityStore
 from ._svid import X509SVID, IdentityError, load_pem_bundle, parse_svid
 
@@ -231,6 +232,9 @@ class ControlPlaneIssuer:
             delay = self.schedule.failed(self._clock())
             current = self._store.current
             kind, message = describe_error(exc)
+            refused = control_plane_tls_problem(exc)
+            if refused is not None:
+                kind, message = "ControlPlaneRefused", bounded(refused, 600)
             log.warning(
                 "identity_renewal_failed",
                 source=self.name,

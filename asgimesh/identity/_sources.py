@@ -11,11 +11,11 @@ caller or silently run in clear text.
 
 from __future__ import annotations
 
-import ssl
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from ..settings import MeshSettings
+from ._controlplane_tls import control_plane_context
 from ._files import FileIdentitySource, files_reader, folder_reader
 from ._issuer import ControlPlaneIssuer
 from ._store import IdentityStore
@@ -80,10 +80,8 @@ def identity_source_for(settings: MeshSettings, store: IdentityStore) -> Identit
         parts = urlsplit(config)
         base_url = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
         bundle = _read_ca(settings)
-        verify: ssl.SSLContext | bool = True
-        if parts.scheme == "https" and bundle is not None:
-            verify = ssl.create_default_context(cadata=bundle.decode("ascii"))
-            verify.check_hostname = False  # the control plane is known by its SPIFFE ID
+        # https with MESH_CA: the chain and the control plane's ID are checked (pinned).
+        verify = control_plane_context(base_url, settings.trust_domain, bundle)
         serverless = "refresh" in parse_qs(parts.query)
         return ControlPlaneIssuer(
             base_url,

@@ -239,3 +239,39 @@ def test_openssl_accepts_what_the_ca_issues_in_a_mutual_handshake(
     [caller] = seen
     assert isinstance(caller, dict), caller
     assert ("URI", "spiffe://mesh.local/ns/default/sa/orders") in caller["subjectAltName"]
+
+
+def test_the_control_planes_tls_certificate_names_its_id_and_its_hosts(mesh_ca: MeshCA) -> None:
+    import ipaddress
+
+    chain_pem, key_pem = mesh_ca.control_plane_tls(["0.0.0.0", "10.1.2.3", "CP.example", "::"])
+    chain = load_bundle(chain_pem)
+    leaf = chain[0]
+    assert verify_issued_by(leaf, chain[1:])
+    assert chain[1:] == load_bundle(mesh_ca.bundle_pem())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://mesh.local/ns/mesh-system/sa/control-plane"
+    ]
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost", "cp.example"]
+    # Loopback and the bind host; unspecified addresses (0.0.0.0, ::) are no name to check.
+    assert sans.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"),
+        ipaddress.ip_address("10.1.2.3"),
+    ]
+    eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert not is_policy_signer(leaf, "mesh.local")  # never a policy signer
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert lifetime <= datetime.timedelta(hours=24, minutes=5)
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert key.public_key().public_numbers() == leaf.public_key().public_numbers()
+
+
+def test_workload_certificates_never_get_the_control_planes_extra_names(mesh_ca: MeshCA) -> None:
+    mesh_ca.control_plane_tls(["10.1.2.3"])
+    csr = _csr(uris=("spiffe://mesh.local/ns/default/sa/orders",))
+    leaf = load_bundle(mesh_ca.sign_csr(csr, ORDERS))[0]
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(sans) == [x509.UniformResourceIdentifier(ORDERS)]

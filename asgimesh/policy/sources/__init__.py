@@ -60,15 +60,23 @@ def policy_source_for(
         return FilePolicySource(target, policy)
     options = parse_source_url(target)
     bundle = None
+    bundle_pem: bytes | None = None
     if settings.ca is not None:
         from ...identity import load_bundle
 
         try:
-            bundle = load_bundle(settings.ca.read_bytes())
+            bundle_pem = settings.ca.read_bytes()
+            bundle = load_bundle(bundle_pem)
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"MESH_CA={str(settings.ca)!r}: expected a readable PEM bundle ({exc})"
             ) from None
+    verify = None
+    if options.kind == "http":
+        from ...identity import control_plane_context
+
+        # https with MESH_CA: the control plane's chain and ID are checked (pinned).
+        verify = control_plane_context(options.base_url, settings.trust_domain, bundle_pem)
     return ControlPlaneSource(
         options,
         policy,
@@ -76,4 +84,5 @@ def policy_source_for(
         token=settings.token.get_secret_value() if settings.token else None,
         bundle=bundle,
         reporter=reporter,
+        verify=verify,
     )

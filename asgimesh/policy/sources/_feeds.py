@@ -9,6 +9,7 @@ unread, whatever the control plane (or someone in its place) sends.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ import httpx
 from ..._etcd import EtcdError, EtcdPolicyReader
 from ..._log import bounded, get_logger, redact
 from ..._ssl import tls_context
+from ...identity import control_plane_tls_problem
 from ._url import SourceOptions
 
 __all__ = ["EtcdFeed", "Feed", "FeedUnavailableError", "HttpFeed", "open_feed"]
@@ -47,25 +49,34 @@ class Feed(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_feed(options: SourceOptions, token: str | None) -> Feed:
-    """A new connection to the feed ``options`` names (one per watch cycle or refresh)."""
+def open_feed(
+    options: SourceOptions, token: str | None, verify: ssl.SSLContext | None = None
+) -> Feed:
+    """A new connection to the feed ``options`` names (one per watch cycle or refresh).
+    ``verify`` is the process's TLS context for the control plane (pinned with ``MESH_CA``);
+    ``None``: the shared system-trust one."""
     if options.kind == "etcd":
         return EtcdFeed(options)
-    return HttpFeed(options, token)
+    return HttpFeed(options, token, verify)
 
 
 def _unavailable(exc: Exception) -> FeedUnavailableError:
+    refused = control_plane_tls_problem(exc)
+    if refused is not None:
+        return FeedUnavailableError(bounded(redact(refused), 600))
     return FeedUnavailableError(bounded(redact(f"{type(exc).__name__}: {exc}")))
 
 
 class HttpFeed:
-    def __init__(self, options: SourceOptions, token: str | None) -> None:
+    def __init__(
+        self, options: SourceOptions, token: str | None, verify: ssl.SSLContext | None = None
+    ) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             base_url=options.base_url,
             headers=headers,
             timeout=httpx.Timeout(5.0, read=LONG_POLL + 10.0),
-            verify=tls_context(),
+            verify=verify if verify is not None else tls_context(),
         )
         self._token = token
 

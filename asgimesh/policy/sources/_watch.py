@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,7 @@ class ControlPlaneSource:
         token: str | None = None,
         bundle: list[x509.Certificate] | None = None,
         reporter: Reporter | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.options = options
         self.name = options.name
@@ -79,6 +81,8 @@ class ControlPlaneSource:
         self._token = token
         self._bundle = bundle
         self._reporter = reporter
+        #: The TLS context for an https control plane, built once (pinned with MESH_CA).
+        self._verify = verify
         self._signers: dict[bytes, ed25519.Ed25519PublicKey] = {}
         #: Newest version verified and applied: the long poll's ``after``.
         self.watermark = 0
@@ -144,7 +148,7 @@ class ControlPlaneSource:
     # -- work -----------------------------------------------------------------------------------
 
     def _feed(self) -> Feed:
-        return open_feed(self.options, self._token)
+        return open_feed(self.options, self._token, self._verify)
 
     async def _once(self) -> None:
         feed = self._feed()
