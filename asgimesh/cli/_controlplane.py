@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -307,6 +307,20 @@ def _cell(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ",".join(f"{reason}:{count}" for reason, count in counts.items()) or "-"
+
+
 def status_command(args: argparse.Namespace) -> int:
     try:
         response = call(args, "GET", "/v1/services", admin=False)
@@ -319,21 +333,36 @@ def status_command(args: argparse.Namespace) -> int:
     )
     rows = [("SERVICE", "INSTANCES", "POLICY", "REQ/S", "SUCCESS", "P50 MS", "P99 MS")]
     for service in body["services"]:
-        success = service["success_rate"]
         rows.append(
             (
                 service["service"],
                 str(len(service["instances"])),
                 ",".join(str(v) for v in service["policy_versions"]),
                 _cell(service["requests_per_second"], ".1f"),
-                "-" if success is None else f"{100 * success:.2f}%",
+                _percent(service["success_rate"]),
                 _cell(service["p50_ms"], ".1f"),
                 _cell(service["p99_ms"], ".1f"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    _print_table(rows)
     if len(rows) == 1:
         print("(no instance has reported yet)", file=sys.stderr)
+    edges = body.get("edges") or []
+    if edges:
+        print()
+        calls = [("CALLER", "CALLEE", "REQ/S", "SUCCESS", "P50 MS", "P99 MS", "RETRIES", "REFUSED")]
+        for edge in edges:
+            calls.append(
+                (
+                    edge["source"],
+                    edge["destination"],
+                    _cell(edge["requests_per_second"], ".1f"),
+                    _percent(edge["success_rate"]),
+                    _cell(edge["p50_ms"], ".1f"),
+                    _cell(edge["p99_ms"], ".1f"),
+                    _counts(edge["retries"]),
+                    _counts(edge["refusals"]),
+                )
+            )
+        _print_table(calls)
     return 0

@@ -54,7 +54,7 @@ from ._board import PollSlots, VersionBoard
 from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
 from ._inputs import MAX_VERSION, ApiError, ApiJSONResponse, json_value, show, whole_number
 from ._keys import load_admin_token, load_jwt_issuer, load_keys
-from ._rollup import Report, roll_up
+from ._rollup import Report, roll_up, roll_up_edges
 from .stores import PolicyRecord, Store, open_store
 
 __all__ = ["ControlPlaneConfig", "create_app", "token_digest"]
@@ -461,6 +461,7 @@ class ControlPlane:
                 "policy_version": self.board.version,
                 "policy_created": record.created if record is not None else None,
                 "services": roll_up(reports),
+                "edges": roll_up_edges(reports),
             }
         )
 

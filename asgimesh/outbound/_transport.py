@@ -118,6 +118,7 @@ class _Shell(Generic[Req, Resp]):
         return error
 
     def _no_identity(self, call: Call, request: Req, waited: float) -> Exception:
+        call.upstream.metrics.refused("identity")
         call.abandoned(self._planner.clock())
         message = (
             f"mesh service {call.upstream.name!r}: no certificate of this service's own yet "

@@ -74,6 +74,13 @@ class MeshMetrics:
             ["service", "upstream", "reason"],
             registry=r,
         )
+        self.outbound_refusals = Counter(
+            "mesh_outbound_refusals",
+            "Outbound calls the mesh refused before or between tries, by upstream and reason "
+            "(circuit-open, budget, deadline, per-try, no-endpoints, plaintext, identity).",
+            ["service", "upstream", "reason"],
+            registry=r,
+        )
         self.outbound_ejections = Counter(
             "mesh_outbound_ejections",
             "Endpoints ejected by outlier detection.",

@@ -176,6 +176,17 @@ def test_token_create_and_status_table(cp) -> None:
         "success_rate": 0.98,
         "p50_ms": 2.5,
         "p99_ms": 12.0,
+        "outbound": {
+            "payments": {
+                "requests": 40,
+                "requests_per_second": 4.0,
+                "success_rate": 0.75,
+                "p50_ms": 3.0,
+                "p99_ms": 30.0,
+                "retries": {"503": 6},
+                "refusals": {"budget": 2},
+            }
+        },
     }
     sent = httpx.post(
         cp.url + "/v1/reports", json=report, headers={"authorization": f"Bearer {token}"}
@@ -196,6 +207,9 @@ def test_token_create_and_status_table(cp) -> None:
         "MS",
     ]
     assert row.split() == ["orders", "1", "0", "5.0", "98.00%", "2.5", "12.0"]
+    calls, edge = status.stdout.splitlines()[4:6]
+    assert calls.split()[:2] == ["CALLER", "CALLEE"]
+    assert edge.split() == ["orders", "payments", "4.0", "75.00%", "3.0", "30.0", "503:6", "budget:2"]
 
 
 def test_control_plane_refuses_a_bad_store_in_one_line(tmp_path: Path) -> None:
