@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from .._wire import SERVICE_NAME
-from ..telemetry._summary import MAX_EJECTED_PER_UPSTREAM, MAX_UPSTREAMS_PER_REPORT
+from ..telemetry import MAX_EJECTED_PER_UPSTREAM, MAX_UPSTREAMS_PER_REPORT
 from ._inputs import MAX_VERSION
 
 __all__ = [
