@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from .._wire import SERVICE_NAME
-from ..telemetry._summary import MAX_UPSTREAMS_PER_REPORT
+from ..telemetry import MAX_EJECTED_PER_UPSTREAM, MAX_UPSTREAMS_PER_REPORT
 from ._inputs import MAX_VERSION
 
 __all__ = [
@@ -53,6 +53,24 @@ _Reason = Annotated[str, StringConstraints(pattern=REASON_PATTERN)]
 _Count = Annotated[int, Field(ge=0, le=MAX_REQUESTS)]
 
 
+#: Process ids and wall-clock times (Unix seconds, up to the year 2286).
+MAX_PID = 2**31
+MAX_TIME = 10**10
+#: What an instance serves on: ``host:port``, printable ASCII.
+ADDRESS_PATTERN = r"^[\x21-\x7e]{1,100}$"
+
+
+class EjectedEndpoint(BaseModel):
+    """An endpoint a caller has ejected, and why: ``seconds`` after ``failures`` failed tries."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    endpoint: str = Field(pattern=ADDRESS_PATTERN)
+    since: float = Field(ge=0, le=MAX_TIME)
+    seconds: float = Field(ge=0, le=MAX_LATENCY_MS)
+    failures: int = Field(ge=0, le=MAX_REQUESTS)
+
+
 class EdgeReport(BaseModel):
     """What one instance sent to one upstream since its previous report."""
 
@@ -66,6 +84,9 @@ class EdgeReport(BaseModel):
     retries: dict[_Reason, _Count] = Field(default_factory=dict, max_length=MAX_REASONS)
     ejections: int = Field(default=0, ge=0, le=MAX_REQUESTS)
     refusals: dict[_Reason, _Count] = Field(default_factory=dict, max_length=MAX_REASONS)
+    ejected: list[EjectedEndpoint] = Field(
+        default_factory=list, max_length=MAX_EJECTED_PER_UPSTREAM
+    )
 
 
 class Report(BaseModel):
@@ -81,6 +102,10 @@ class Report(BaseModel):
     success_rate: float | None = Field(default=None, ge=0, le=1)
     p50_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     p99_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    denied: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    rate_limited: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    pid: int | None = Field(default=None, ge=0, le=MAX_PID)
+    address: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
     #: Per upstream (a mesh service, or a host outside the mesh), what this instance sent.
     outbound: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], EdgeReport] = Field(
         default_factory=dict, max_length=MAX_UPSTREAMS_PER_REPORT
@@ -134,6 +159,10 @@ def roll_up(reports: Iterable[Any]) -> list[dict[str, Any]]:
                         "success_rate": r.success_rate,
                         "p50_ms": r.p50_ms,
                         "p99_ms": r.p99_ms,
+                        "denied": r.denied,
+                        "rate_limited": r.rate_limited,
+                        "pid": r.pid,
+                        "address": r.address,
                         "reported": received,
                     }
                     for r, received in sorted(instances, key=lambda pair: pair[0].instance)
@@ -143,6 +172,8 @@ def roll_up(reports: Iterable[Any]) -> list[dict[str, Any]]:
                 "success_rate": ok / requests if requests else None,
                 "p50_ms": max(p50) if p50 else None,
                 "p99_ms": max(p99) if p99 else None,
+                "denied": sum(r.denied for r, _ in instances),
+                "rate_limited": sum(r.rate_limited for r, _ in instances),
             }
         )
     return rows
@@ -162,9 +193,14 @@ def roll_up_edges(reports: Iterable[Any]) -> list[dict[str, Any]]:
     readable = _readable(reports)
     services = {report.service for report, _ in readable}
     by_edge: dict[tuple[str, str], list[EdgeReport]] = {}
-    for report, _ in readable:
+    ejected: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for report, _ in sorted(readable, key=lambda pair: pair[0].instance):
         for upstream, edge in report.outbound.items():
             by_edge.setdefault((report.service, upstream), []).append(edge)
+            for endpoint in edge.ejected:
+                ejected.setdefault((report.service, upstream), []).append(
+                    {"instance": report.instance, **endpoint.model_dump()}
+                )
     rows = []
     for (source, destination), edges in sorted(by_edge.items()):
         requests = sum(e.requests for e in edges)
@@ -190,6 +226,7 @@ def roll_up_edges(reports: Iterable[Any]) -> list[dict[str, Any]]:
                 "retries": dict(sorted(retries.items())),
                 "ejections": sum(e.ejections for e in edges),
                 "refusals": dict(sorted(refusals.items())),
+                "ejected": ejected.get((source, destination), []),
             }
         )
     return rows

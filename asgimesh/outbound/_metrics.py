@@ -65,9 +65,11 @@ class UpstreamMetrics:
             self._refusals[kind] = child
         child.inc()
 
-    def ejection(self) -> None:
+    def ejection(self, endpoint: str, seconds: float, failures: int) -> None:
+        """``endpoint`` (``host:port``) ejected for ``seconds`` after ``failures`` failed tries."""
         if self._ejections is None:
             self._ejections = self._metrics.outbound_ejections.labels(
                 self._metrics.service, self.upstream
             )
         self._ejections.inc()
+        self._metrics.record_ejection(self.upstream, endpoint, seconds, failures)

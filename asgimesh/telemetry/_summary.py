@@ -17,11 +17,13 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+
+from ._metrics import Ejection
 
 __all__ = [
     "MAX_UPSTREAMS_PER_REPORT",
@@ -36,6 +38,8 @@ __all__ = [
 
 #: Upstreams one report describes at most (the busiest first); the control plane refuses more.
 MAX_UPSTREAMS_PER_REPORT = 64
+#: Endpoints of one upstream a report lists as ejected, at most.
+MAX_EJECTED_PER_UPSTREAM = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,9 @@ class Reading:
     #: ``(upper bound, cumulative count)`` per histogram bucket, ``+Inf`` last.
     buckets: tuple[tuple[float, float], ...] = field(default_factory=tuple)
     outbound: Mapping[str, UpstreamReading] = field(default_factory=dict)
+    #: Inbound requests refused by authorization, and by a rate or concurrency limit.
+    denied: float = 0.0
+    limited: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +79,14 @@ class Golden:
     p99_ms: float | None
 
 
+#: The families a report reads (the others are left alone).
+_REPORTED = ("mesh_inbound_request", "mesh_outbound_", "mesh_authz_denied", "mesh_rate_limited")
+
+
 def read_registry(registry: CollectorRegistry, service: str) -> Reading:
     """Inbound request totals (5xx count as failures) and duration buckets for ``service``, and
     the same per upstream for its outbound calls (5xx and ``error`` count as failures)."""
-    requests = failures = 0.0
+    requests = failures = denied = limited = 0.0
     buckets: dict[float, float] = {}
     out: dict[str, dict[str, Any]] = {}
 
@@ -95,7 +106,7 @@ def read_registry(registry: CollectorRegistry, service: str) -> Reading:
 
     for family in registry.collect():
         name = family.name
-        if not name.startswith(("mesh_inbound_request", "mesh_outbound_")):
+        if not name.startswith(_REPORTED):
             continue
         for sample in family.samples:
             labels = sample.labels
@@ -121,6 +132,10 @@ def read_registry(registry: CollectorRegistry, service: str) -> Reading:
                     entry["failures"] += sample.value
             elif name == "mesh_outbound_ejections":
                 upstream(labels)["ejections"] += sample.value
+            elif name == "mesh_authz_denied":
+                denied += sample.value
+            elif name == "mesh_rate_limited":
+                limited += sample.value
             elif name in ("mesh_outbound_retries", "mesh_outbound_refusals"):
                 reasons = upstream(labels)[name.rpartition("_")[2]]
                 reason = labels.get("reason", "")
@@ -136,7 +151,9 @@ def read_registry(registry: CollectorRegistry, service: str) -> Reading:
         )
         for name, entry in out.items()
     }
-    return Reading(requests, failures, tuple(sorted(buckets.items())), outbound)
+    return Reading(
+        requests, failures, tuple(sorted(buckets.items())), outbound, denied, limited
+    )
 
 
 def quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -185,8 +202,34 @@ def _counts_since(previous: Mapping[str, float], current: Mapping[str, float]) -
     return dict(sorted(since.items()))
 
 
+def ejected_now(ejections: Iterable[Ejection], now: float) -> dict[str, list[dict[str, Any]]]:
+    """Per upstream, the endpoints still ejected at ``now`` (wall clock) and why, newest first,
+    one entry per endpoint."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for ejection in reversed(list(ejections)):
+        key = (ejection.upstream, ejection.endpoint)
+        if ejection.at + ejection.seconds <= now or key in seen:
+            continue
+        seen.add(key)
+        listed = out.setdefault(ejection.upstream, [])
+        if len(listed) < MAX_EJECTED_PER_UPSTREAM:
+            listed.append(
+                {
+                    "endpoint": ejection.endpoint,
+                    "since": round(ejection.at, 3),
+                    "seconds": round(ejection.seconds, 3),
+                    "failures": ejection.failures,
+                }
+            )
+    return out
+
+
 def outbound_since(
-    previous: Reading, current: Reading, elapsed: float
+    previous: Reading,
+    current: Reading,
+    elapsed: float,
+    ejected: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per upstream this instance has called, the report's edge since ``previous``: golden
     metrics of the calls, retries by reason, endpoints ejected and calls refused by kind. An
@@ -209,6 +252,7 @@ def outbound_since(
             "retries": retries,
             "ejections": ejections,
             "refusals": refusals,
+            "ejected": (ejected or {}).get(name, []),
         }
         edges.append((name, edge))
     edges.sort(key=lambda pair: (-pair[1]["requests"], pair[0]))
@@ -235,8 +279,15 @@ class InstanceReport:
         instance: str | None = None,
         prefix: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ejections: Iterable[Ejection] = (),
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.service = service
+        #: ``host:port`` this instance serves on, once a request has shown it (the middleware
+        #: sets it): with the pid, what the dashboard names the instance by.
+        self.address: str | None = None
+        self._ejections = ejections
+        self._wall_clock = wall_clock
         self._prefix = prefix
         #: Unique per process, readable by people (see :func:`process_instance_name`).
         self.instance = instance or process_instance_name(prefix)
@@ -244,6 +295,15 @@ class InstanceReport:
         self._clock = clock
         self._reading = Reading()
         self._read_at = clock()
+
+    def serving_on(self, host: object, port: object) -> None:
+        """The address a server hands the app (ASGI ``scope["server"]``, WSGI ``SERVER_NAME``
+        and ``SERVER_PORT``): reported as ``host:port``, printable ASCII, bounded."""
+        if not isinstance(host, str) or not host:
+            return
+        address = host if port in (None, "") else f"{host}:{port}"
+        if len(address) <= 100 and address.isascii() and address.isprintable():
+            self.address = address
 
     def rename_for_this_process(self) -> None:
         """In a forked child: a name of its own (the parent's has the parent's pid)."""
@@ -264,5 +324,11 @@ class InstanceReport:
             "success_rate": summary.success_rate,
             "p50_ms": summary.p50_ms,
             "p99_ms": summary.p99_ms,
-            "outbound": outbound_since(previous, reading, elapsed),
+            "denied": max(0, int(reading.denied - previous.denied)),
+            "rate_limited": max(0, int(reading.limited - previous.limited)),
+            "pid": os.getpid(),
+            "address": self.address,
+            "outbound": outbound_since(
+                previous, reading, elapsed, ejected_now(self._ejections, self._wall_clock())
+            ),
         }

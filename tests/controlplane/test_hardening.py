@@ -78,6 +78,11 @@ def report(**fields: Any) -> dict[str, Any]:
         ("instance", "i" * 201),
         ("instance", "tab\tin"),
         ("instance", "\ud800"),
+        ("denied", -1),
+        ("rate_limited", 10**400),
+        ("pid", 2**40),
+        ("address", "host with spaces:80"),
+        ("address", "a" * 101),
     ],
 )
 def test_report_fields_are_bounded(
@@ -106,6 +111,9 @@ def _upstreams(count: int) -> dict[str, Any]:
         {"payments": {"retries": {"NOT A REASON": 1}}},
         {"payments": {"refusals": {f"r{n}": 1 for n in range(17)}}},
         {"bad name!": {"requests": 1}},
+        {"payments": {"ejected": [{"endpoint": "a b", "since": 1, "seconds": 1, "failures": 1}]}},
+        {"payments": {"ejected": [{"endpoint": "h:1", "since": 1e308, "seconds": 1, "failures": 1}]}},
+        {"payments": {"ejected": [{"endpoint": "h:1", "since": 1, "seconds": 1, "failures": 1}] * 17}},
         _upstreams(65),
         [1, 2],
     ],

@@ -1,4 +1,5 @@
 import math
+import os
 from typing import Any
 
 import pytest
@@ -75,9 +76,17 @@ def _edge_metrics() -> tuple[MeshMetrics, Any, Any]:
 
 
 def test_reports_carry_each_edge_with_retries_ejections_and_refusals() -> None:
-    now = [0.0]
+    now, wall = [0.0], [1000.0]
     metrics, payments, ledger = _edge_metrics()
-    report = InstanceReport(metrics.registry, "frontend", instance="f-1", clock=lambda: now[0])
+    metrics._wall_clock = lambda: wall[0]
+    report = InstanceReport(
+        metrics.registry,
+        "frontend",
+        instance="f-1",
+        clock=lambda: now[0],
+        ejections=metrics.recent_ejections,
+        wall_clock=lambda: wall[0],
+    )
     for _ in range(8):
         payments.request("GET", 200, 0.004)
     payments.request("POST", 503, 0.004)
@@ -85,13 +94,20 @@ def test_reports_carry_each_edge_with_retries_ejections_and_refusals() -> None:
     payments.retry("503")
     payments.retry("503")
     payments.retry("connect")
-    ledger.ejection()
+    ledger.ejection("127.0.0.1:9", 30.0, 5)
     ledger.refused("circuit-open")
+    metrics.authz_denied.inc(3)
+    metrics.rate_limited.inc()
+    report.serving_on("127.0.0.1", 8003)
     ledger.request("GET", "error", 0.0)
     # An inbound request of another service in the same registry is not frontend's edge.
     metrics.outbound_requests.labels("other", "payments", "GET", "200").inc(50)
     now[0] += 10
-    first = report(3)["outbound"]
+    wall[0] += 10
+    whole = report(3)
+    assert (whole["denied"], whole["rate_limited"], whole["address"]) == (3, 1, "127.0.0.1:8003")
+    assert whole["pid"] == os.getpid()
+    first = whole["outbound"]
     assert list(first) == ["payments", "ledger"]  # the busiest first
     pay = first["payments"]
     assert (pay["requests"], pay["requests_per_second"]) == (10, 1.0)
@@ -100,9 +116,12 @@ def test_reports_carry_each_edge_with_retries_ejections_and_refusals() -> None:
     assert pay["retries"] == {"503": 2, "connect": 1} and pay["refusals"] == {}
     assert first["ledger"]["ejections"] == 1 and first["ledger"]["refusals"] == {"circuit-open": 1}
     assert first["ledger"]["success_rate"] == 0.0
+    ejected = {"endpoint": "127.0.0.1:9", "since": 1000.0, "seconds": 30.0, "failures": 5}
+    assert first["ledger"]["ejected"] == [ejected] and first["payments"]["ejected"] == []
 
     payments.request("GET", 200, 0.001)
     now[0] += 5
+    wall[0] += 25  # 35 s after the ejection: its 30 s are over
     second = report(3)["outbound"]
     assert second["payments"]["requests"] == 1 and second["payments"]["retries"] == {}
     # Idle since the last report: the edge stays, at zero, so the graph does not flicker.
@@ -115,6 +134,7 @@ def test_reports_carry_each_edge_with_retries_ejections_and_refusals() -> None:
         "retries": {},
         "ejections": 0,
         "refusals": {},
+        "ejected": [],
     }
 
 
