@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -94,6 +95,18 @@ def register(commands: Any) -> None:
         help="serve HTTPS with a certificate the mesh CA issues at start for the control "
         "plane's ID (valid 24h: restart within a day); services pin it with MESH_CA",
     )
+    server.add_argument(
+        "--prometheus",
+        default=None,
+        metavar="URL",
+        help="read the figures /v1/services and the dashboard show from this Prometheus "
+        "server's query API (it scrapes the services' /_mesh/metrics) instead of reports",
+    )
+    server.add_argument(
+        "--prometheus-window",
+        default="1m",
+        help="the rate window of those queries, a PromQL duration (default 1m)",
+    )
     server.add_argument("--log-format", choices=["json", "console"], default="json")
     server.set_defaults(handler=control_plane_command)
 
@@ -148,6 +161,24 @@ def _cert_lifetime(text: str) -> float:
     return seconds
 
 
+def _prometheus_options(url: str | None, window: str) -> str | None:
+    from .._errors import ConfigError
+    from ..controlplane import PROMETHEUS_WINDOW
+
+    if not PROMETHEUS_WINDOW.fullmatch(window):
+        raise ConfigError(
+            f"--prometheus-window: {window[:40]!r} is not a PromQL duration; expected e.g. 30s, 1m"
+        )
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--prometheus: expected the server's http(s):// base URL, got {url[:80]!r}"
+        )
+    return url
+
+
 def control_plane_command(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -167,6 +198,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--max-wait/--stale-after/--store-wait: {exc}") from None
     cert_lifetime = _cert_lifetime(args.cert_lifetime)
+    prometheus = _prometheus_options(args.prometheus, args.prometheus_window)
     config = ControlPlaneConfig(
         store=args.store,
         state_dir=Path(args.state_dir),
@@ -177,6 +209,8 @@ def control_plane_command(args: argparse.Namespace) -> int:
         max_parked_polls=parked,
         max_parked_per_client=per_client,
         cert_lifetime=cert_lifetime,
+        prometheus=prometheus,
+        prometheus_window=args.prometheus_window,
     )
     app = create_app(config)
     problem = anyio.run(_probe_store, open_store(config.store, config.state_dir), store_wait)

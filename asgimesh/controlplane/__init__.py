@@ -6,6 +6,7 @@ The stores (SQLite file or etcd) are in :mod:`asgimesh.controlplane.stores`.
 """
 
 from ._keys import load_keys
+from ._prometheus import PROMETHEUS_WINDOW, QUERIES
 from ._server import ControlPlaneConfig, create_app
 
-__all__ = ["ControlPlaneConfig", "create_app", "load_keys"]
+__all__ = ["PROMETHEUS_WINDOW", "QUERIES", "ControlPlaneConfig", "create_app", "load_keys"]

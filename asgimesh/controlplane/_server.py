@@ -54,6 +54,7 @@ from ._board import PollSlots, VersionBoard
 from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
 from ._inputs import MAX_VERSION, ApiError, ApiJSONResponse, json_value, show, whole_number
 from ._keys import load_admin_token, load_jwt_issuer, load_keys
+from ._prometheus import PrometheusError, PrometheusSource
 from ._rollup import Report, roll_up, roll_up_edges
 from .stores import PolicyRecord, Store, open_store
 
@@ -90,6 +91,14 @@ class ControlPlaneConfig:
     #: Lifetime of the workload certificates issued (services renew at half of it); at most
     #: the CA's cap of 24 h. Shorter narrows what a leaked key is worth, at more CSRs.
     cert_lifetime: float = WORKLOAD_LIFETIME.total_seconds()
+    #: Read ``/v1/services`` figures from this Prometheus server (its base URL) instead of the
+    #: instances' reports, with rates over ``prometheus_window`` (a PromQL duration).
+    prometheus: str | None = None
+    prometheus_window: str = "1m"
+
+
+#: How long one Prometheus answer serves every dashboard that asks (each asks every 2 s).
+PROMETHEUS_CACHE = 1.0
 
 
 def token_digest(token: str) -> str:
@@ -123,6 +132,12 @@ class ControlPlane:
         self.jwt: JWTIssuer | None = None
         self.board: VersionBoard | None = None
         self.polls = PollSlots(config.max_parked_polls, config.max_parked_per_client)
+        self.prometheus = (
+            PrometheusSource(config.prometheus, window=config.prometheus_window)
+            if config.prometheus
+            else None
+        )
+        self._figures: tuple[float, dict[str, Any]] | None = None
         self._cert_lifetime = datetime.timedelta(seconds=config.cert_lifetime)
 
     # -- life -----------------------------------------------------------------------------------
@@ -454,16 +469,38 @@ class ControlPlane:
 
     async def services(self, request: Request) -> Response:
         assert self.board is not None
-        reports = await self.store.reports(time.time() - self.config.stale_after)
         record = self.board.record
-        return ApiJSONResponse(
-            {
-                "policy_version": self.board.version,
-                "policy_created": record.created if record is not None else None,
-                "services": roll_up(reports),
-                "edges": roll_up_edges(reports),
-            }
-        )
+        answer: dict[str, Any] = {
+            "policy_version": self.board.version,
+            "policy_created": record.created if record is not None else None,
+        }
+        figures = await self._prometheus_figures(answer)
+        if figures is None:
+            reports = await self.store.reports(time.time() - self.config.stale_after)
+            figures = {"services": roll_up(reports), "edges": roll_up_edges(reports)}
+        return ApiJSONResponse({**answer, **figures})
+
+    async def _prometheus_figures(self, answer: dict[str, Any]) -> dict[str, Any] | None:
+        """The figures from Prometheus (cached a second), or ``None`` to use the reports: in
+        report mode, or when Prometheus cannot answer (``answer`` then says why)."""
+        if self.prometheus is None:
+            answer["source"] = "reports"
+            return None
+        now = time.monotonic()
+        if self._figures is not None and now - self._figures[0] < PROMETHEUS_CACHE:
+            answer["source"] = "prometheus"
+            return self._figures[1]
+        try:
+            figures = await self.prometheus.services()
+        except PrometheusError as error:
+            answer["source"] = "reports"
+            answer["warning"] = f"{error}; showing the instances' reports instead"
+            if (dropped := _error_log.admit("prometheus")) is not None:
+                log.warning("prometheus_unavailable", error=str(error), dropped=dropped)
+            return None
+        self._figures = (now, figures)
+        answer["source"] = "prometheus"
+        return figures
 
     async def dashboard(self, request: Request) -> Response:
         return HTMLResponse(DASHBOARD_HTML, headers=DASHBOARD_HEADERS)
