@@ -23,6 +23,7 @@ from ._model import (
     Route,
     ServicePolicy,
     SplitTarget,
+    ValueMatch,
     parse_dns_target,
 )
 from ._signed import PolicyRecord, SignatureError, sign_policy, verify_policy
@@ -45,6 +46,7 @@ __all__ = [
     "ServicePolicy",
     "SignatureError",
     "SplitTarget",
+    "ValueMatch",
     "format_for",
     "format_validation_error",
     "merge_layers",
