@@ -180,7 +180,6 @@ def _prometheus_options(url: str | None, window: str) -> str | None:
 
 
 def control_plane_command(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from .._errors import ConfigError
     from .._logging import configure_logging, throttle_server_logs
@@ -226,8 +225,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
         "limit_concurrency": concurrency,
     }
     if not args.tls:
-        uvicorn.run(app, **options)
-        return 0
+        return _serve(app, options)
     try:
         ca = anyio.run(_load_ca, open_store(config.store, config.state_dir), config)
     except (OSError, ValueError, httpx.HTTPError, EtcdError, sqlite3.Error) as exc:
@@ -247,7 +245,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
                 f"(give services MESH_CA={bundle})",
                 flush=True,
             )
-            uvicorn.run(app, ssl_certfile=str(cert), ssl_keyfile=str(key), **options)
+            _serve(app, {**options, "ssl_certfile": str(cert), "ssl_keyfile": str(key)})
     except _TerminatedError:
         terminated = True
     finally:
@@ -255,6 +253,23 @@ def control_plane_command(args: argparse.Namespace) -> int:
     if terminated:
         signal.raise_signal(signal.SIGTERM)
     return 0
+
+
+def _serve(app: Any, options: dict[str, Any]) -> int:
+    """``uvicorn.run``, but a stop signal first ends the parked long polls (see
+    ``ControlPlane.shutting_down``), so the graceful shutdown finishes in time."""
+    import uvicorn
+
+    plane = app.state.control_plane
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            plane.shutting_down()
+            super().handle_exit(sig, frame)
+
+    server = DrainingServer(uvicorn.Config(app, **options))
+    server.run()
+    return 0 if server.started else EXIT_UNREACHABLE
 
 
 class _TerminatedError(Exception):

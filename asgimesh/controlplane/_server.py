@@ -8,6 +8,8 @@ with a 4xx status; a store that cannot be reached is a 503, never a 500 with a t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -138,6 +140,9 @@ class ControlPlane:
             else None
         )
         self._figures: tuple[float, dict[str, Any]] | None = None
+        #: Schedules a call on the server's event loop from a signal handler (asyncio's
+        #: ``call_soon_threadsafe``), once the lifespan has started.
+        self._on_loop: Callable[[Callable[[], None]], object] | None = None
         self._cert_lifetime = datetime.timedelta(seconds=config.cert_lifetime)
 
     # -- life -----------------------------------------------------------------------------------
@@ -155,6 +160,8 @@ class ControlPlane:
                 self.store, self.config.state_dir, self.config.trust_domain
             )
             self.board = VersionBoard()
+            with contextlib.suppress(RuntimeError):  # not asyncio (trio): no early drain
+                self._on_loop = asyncio.get_running_loop().call_soon_threadsafe
             latest = await self.store.latest()
             if latest is not None:
                 self.board.publish(latest)
@@ -168,6 +175,14 @@ class ControlPlane:
                 tasks.cancel_scope.cancel()
         finally:
             await self.store.close()
+
+    def shutting_down(self) -> None:
+        """The server was told to stop (safe from a signal handler): parked long polls are
+        answered now with nothing new, instead of being cancelled mid-wait when the server's
+        graceful-shutdown time runs out (a traceback per poll in the log)."""
+        board, on_loop = self.board, self._on_loop
+        if board is not None and on_loop is not None:
+            on_loop(board.close)
 
     async def _follow(self) -> None:
         assert self.board is not None
