@@ -256,12 +256,11 @@ def test_a_stop_signal_answers_parked_polls_instead_of_cancelling_them(control_p
     ended: dict[str, tuple[int, float]] = {}
 
     def poll(name: str, headers: dict[str, str]) -> None:
-        with httpx.Client(timeout=30) as client:
-            with client.stream(
-                "GET", server.url + "/v1/policy?after=1&wait=25", headers=headers
-            ) as answer:
-                answer.read()
-                ended[name] = (answer.status_code, time.monotonic())
+        with httpx.Client(timeout=30) as client, client.stream(
+            "GET", server.url + "/v1/policy?after=1&wait=25", headers=headers
+        ) as answer:
+            answer.read()
+            ended[name] = (answer.status_code, time.monotonic())
 
     polls = [
         threading.Thread(target=poll, args=("plain", {})),
