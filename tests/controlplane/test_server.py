@@ -246,7 +246,13 @@ async def test_dashboard_is_one_self_contained_page(tmp_path: Path) -> None:
 async def test_services_name_the_current_version_and_when_it_was_stored(tmp_path: Path) -> None:
     async with plane(tmp_path) as cp:
         empty = (await cp.get("/v1/services")).json()
-        assert empty == {"policy_version": 0, "policy_created": None, "services": [], "edges": []}
+        assert empty == {
+            "policy_version": 0,
+            "policy_created": None,
+            "source": "reports",
+            "services": [],
+            "edges": [],
+        }
         before = time.time()
         await cp.put("/v1/policy", json={}, headers=ADMIN)
         answer = (await cp.get("/v1/services")).json()
