@@ -125,13 +125,14 @@ def parse_document(text: str | bytes, fmt: str, source: str = "policy") -> dict[
         raise PolicyError(["(document): nested too deeply"], source) from None
     except ValueError as exc:  # e.g. an integer longer than the interpreter converts
         raise PolicyError([f"(document): {str(exc)[:120]}"], source) from None
-    if data is None:
-        data = {}
+    if data is None and fmt == "yaml":
+        data = {}  # an empty YAML file (or one of comments only) is an empty policy
     _refuse_surrogates(data, source)
     if not isinstance(data, dict):
-        raise PolicyError(
-            [f"(document): expected a mapping at the top, got {type(data).__name__}"], source
-        )
+        # JSON's ``null`` included: a script that PUTs the output of a failed ``jq`` must not
+        # replace the whole policy (its authorization rules among it) with an empty one.
+        kind = "null" if data is None else type(data).__name__
+        raise PolicyError([f"(document): expected a mapping at the top, got {kind}"], source)
     return data
 
 
