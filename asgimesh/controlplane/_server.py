@@ -171,9 +171,10 @@ class ControlPlane:
             await anyio.sleep(self.config.resign_every)
             try:
                 await self._resign()
-            except (httpx.HTTPError, EtcdError, OSError) as exc:
-                # The store is down: serve the copy in memory (re-signed below next time).
-                log.warning("policy_resign_failed", error=" ".join(describe_error(exc)))
+            except Exception as exc:  # the store down, or a bug: never the control plane's end
+                # The copy in memory is served re-signed already; the store catches up next time.
+                kind, message = describe_error(exc)
+                log.warning("policy_resign_failed", error_type=kind, message=message)
 
     async def _resign(self) -> None:
         """Sign the current version again, now: same version and document, a new signing time.

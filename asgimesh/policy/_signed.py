@@ -318,6 +318,8 @@ def _timestamp(epoch: int) -> str:
 
 def _span(seconds: float) -> str:
     """``90061`` as ``1d 1h 1m 1s``: ages an operator reads at a glance."""
+    if seconds < 1:
+        return f"{seconds:g}s"
     whole = int(seconds)
     if whole >= 10**9:
         return f"{whole}s"

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from asgimesh.controlplane import ControlPlaneConfig, create_app
 from asgimesh.identity import load_bundle
@@ -133,3 +134,28 @@ async def test_an_old_record_without_a_signing_time_loads_and_is_re_signed(
     async with plane(tmp_path) as (cp, _):
         envelope = await _envelope(cp)
     assert time.time() - envelope["signed_at"] < 60 and envelope["signature_v2"]
+
+
+async def test_a_store_failing_to_take_a_re_signing_leaves_the_control_plane_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with plane(tmp_path, resign_every=0.05) as (cp, control):
+        await cp.put("/v1/policy", json=POLICY, headers=ADMIN)
+        failures: list[int] = []
+
+        async def broken(record: PolicyRecord) -> None:
+            failures.append(record.version)
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(control.store, "refresh", broken)
+        with capture_logs() as logs:
+            for _ in range(200):  # at most 10 s
+                if len(failures) >= 2:
+                    break
+                await anyio.sleep(0.05)
+        assert len(failures) >= 2, "the loop went on after the first failure"
+        (first, *_) = [e for e in logs if e["event"] == "policy_resign_failed"]
+        assert first["message"] == "database is locked"
+        envelope = await _envelope(cp)
+        assert envelope["version"] == 1 and time.time() - envelope["signed_at"] < 60
+        assert (await cp.put("/v1/policy", json=POLICY, headers=ADMIN)).json() == {"version": 2}
