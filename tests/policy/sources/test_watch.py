@@ -132,6 +132,20 @@ def test_a_refused_envelope_claiming_a_huge_version_does_not_freeze_updates(
     assert store.current.policy.defaults.timeout == 3.0 and source.watermark == 2
 
 
+def test_a_signed_but_invalid_version_claiming_a_huge_number_does_not_freeze_updates(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    """Genuinely signed, refused by validation: the watermark stays where it was too."""
+    scripted.envelope = signed(ca, 10**6, {"defaults": {"timeout": "fast"}})
+    source, store, refusals = watcher("?backoff_max=0.2s")
+    assert _wait_for(lambda: len(refusals) >= 1)
+    assert refusals[0].problems[0].startswith("defaults.timeout")
+    assert store.current.source is None and source.watermark == 0
+    scripted.envelope = signed(ca, 2, {"defaults": {"timeout": "3s"}})
+    assert _wait_for(lambda: store.current.version == 2, timeout=8.0)
+    assert source.watermark == 2 and len(refusals) == 1
+
+
 def test_a_server_answering_at_once_with_nothing_new_is_backed_off_from(
     scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
 ) -> None:
