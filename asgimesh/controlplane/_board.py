@@ -46,6 +46,16 @@ class VersionBoard:
         self._closed = True
         self._changed.set()
 
+    def refresh(self, record: PolicyRecord) -> bool:
+        """Serve ``record``, a re-signed copy of the current version, from now on. Wakes no
+        one: it is not a new version, and no watcher needs it. Whether it was the current one
+        (a newer version may have landed meanwhile; then the copy is dropped)."""
+        if self.record is None or record.version != self.record.version:
+            return False
+        self.body = json.dumps(record.envelope(), separators=(",", ":")).encode()
+        self.record = record
+        return True
+
     async def wait_newer(self, after: int, wait: float) -> PolicyRecord | None:
         """The current record once its version exceeds ``after``; ``None`` after ``wait`` s,
         or as soon as the board is closed."""

@@ -49,7 +49,7 @@ from ..policy import (
     format_for,
     format_validation_error,
     parse_document,
-    sign_policy,
+    sign_record,
     validate_document,
 )
 from ._board import PollSlots, VersionBoard
@@ -97,6 +97,10 @@ class ControlPlaneConfig:
     #: instances' reports, with rates over ``prometheus_window`` (a PromQL duration).
     prometheus: str | None = None
     prometheus_window: str = "1m"
+    #: How often the current version is signed again with a fresh signing time (also once at
+    #: start): services refuse envelopes older than their ``MESH_POLICY_MAX_AGE``, and a policy
+    #: no one has changed for months must still look current. Far below any sensible max age.
+    resign_every: float = 3600.0
 
 
 #: How long one Prometheus answer serves every dashboard that asks (each asks every 2 s).
@@ -165,12 +169,14 @@ class ControlPlane:
             latest = await self.store.latest()
             if latest is not None:
                 self.board.publish(latest)
+                await self._resign()
             log.info(
                 "control_plane_ready", store=self.store.description, version=self.board.version
             )
             async with anyio.create_task_group() as tasks:
                 if self.store.shared:
                     tasks.start_soon(self._follow)
+                tasks.start_soon(self._resign_loop)
                 yield
                 tasks.cancel_scope.cancel()
         finally:
@@ -189,6 +195,29 @@ class ControlPlane:
         async for record in self.store.follow(self.board.version):
             if self.board.publish(record):
                 log.info("policy_version_seen", version=record.version)
+
+    async def _resign_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.resign_every)
+            try:
+                await self._resign()
+            except Exception as exc:  # the store down, or a bug: never the control plane's end
+                # The copy in memory is served re-signed already; the store catches up next time.
+                kind, message = describe_error(exc)
+                log.warning("policy_resign_failed", error_type=kind, message=message)
+
+    async def _resign(self) -> None:
+        """Sign the current version again, now: same version and document, a new signing time.
+        Served at once and stored (services reading etcd directly take it from there)."""
+        assert self.board is not None
+        assert self.ca is not None
+        record = self.board.record
+        if record is None:
+            return
+        fresh = sign_record(self.ca.signing_key, record, time.time())
+        if self.board.refresh(fresh):  # else a newer version landed meanwhile, signed afresh
+            await self.store.refresh(fresh)
+        log.debug("policy_version_resigned", version=fresh.version, signed_at=fresh.signed_at)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -235,14 +264,16 @@ class ControlPlane:
 
     def _record(self, version: int, policy: dict[str, Any], note: str | None) -> PolicyRecord:
         assert self.ca is not None
-        return PolicyRecord(
+        now = time.time()
+        unsigned = PolicyRecord(
             version=version,
             policy=policy,
-            signature=sign_policy(self.ca.signing_key, version, policy),
+            signature="",
             signer=self.ca.signer_pem().decode(),
-            created=time.time(),
+            created=now,
             note=note,
         )
+        return sign_record(self.ca.signing_key, unsigned, now)
 
     async def _store_version(self, policy: dict[str, Any], note: str | None) -> PolicyRecord:
         assert self.board is not None

@@ -26,7 +26,17 @@ from ._model import (
     ValueMatch,
     parse_dns_target,
 )
-from ._signed import PolicyRecord, SignatureError, sign_policy, verify_policy
+from ._signed import (
+    PolicyRecord,
+    SignatureError,
+    StaleEnvelopeError,
+    VerifiedPolicy,
+    check_freshness,
+    sign_policy,
+    sign_record,
+    verify_envelope,
+    verify_policy,
+)
 from ._state import PolicySnapshot, PolicyStore, settings_layers
 
 __all__ = [
@@ -46,7 +56,10 @@ __all__ = [
     "ServicePolicy",
     "SignatureError",
     "SplitTarget",
+    "StaleEnvelopeError",
     "ValueMatch",
+    "VerifiedPolicy",
+    "check_freshness",
     "format_for",
     "format_validation_error",
     "merge_layers",
@@ -56,6 +69,8 @@ __all__ = [
     "read_policy_file",
     "settings_layers",
     "sign_policy",
+    "sign_record",
     "validate_document",
+    "verify_envelope",
     "verify_policy",
 ]
