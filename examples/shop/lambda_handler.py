@@ -17,6 +17,10 @@ half-way through a long poll); instead, at most every 30 s, a request starts a r
 policy (and of the identity, and a report) on a short-lived helper and is answered without
 waiting for it. The policy is loaded once, at import, which is Lambda's init phase.
 
+``LambdaDeadline``: each event's deadline is at most the time the invocation has left (less a
+quarter second), so a slow upstream ends as the mesh's ``DeadlineExceeded`` and the frontend's
+502 naming it, in time, rather than as Lambda stopping the function mid-call.
+
 ``lifespan="off"``: Mangum would otherwise run the app's start-up and shut-down around every
 event, closing the mesh's ``httpx.AsyncClient`` (and its pooled connections) each time; a warm
 sandbox keeps the client and its connections from one event to the next instead.
@@ -27,4 +31,6 @@ from __future__ import annotations
 from frontend import app
 from mangum import Mangum
 
-handler = Mangum(app, lifespan="off")
+from asgimesh.serverless import LambdaDeadline
+
+handler = Mangum(LambdaDeadline(app), lifespan="off")

@@ -232,6 +232,27 @@ def test_an_event_goes_through_the_mesh_to_the_upstream_and_back(shape, orders, 
     assert made["threads"] == ["MainThread"]
 
 
+def test_the_invocations_time_limit_bounds_the_outbound_calls(
+    fake_upstreams: FakeUpstreams, sandbox
+) -> None:
+    """A 2 s function with the mesh's timeout at 30 s: calls get the invocation's time left (less
+    LambdaDeadline's margin), and a hanging upstream ends as the frontend's 502 in time, not as
+    Lambda stopping the function."""
+    url = fake_upstreams.get(1)[0]
+    lam = sandbox({"MESH_SERVICE": "frontend", "MESH_UPSTREAMS": f"orders={url}",
+                   "MESH_TIMEOUT": "30s", "LAMBDA_TIMEOUT_MS": "2000"})
+    ok = lam.invoke(http_api_event("/", {}))
+    assert ok["statusCode"] == 200
+    assert 0 < int(body(ok)["orders"]["headers"]["mesh-deadline-ms"]) <= 1750
+    fake_upstreams.control(url, "hang")
+    started = time.monotonic()
+    late = lam.invoke(http_api_event("/", {"mesh-deadline-ms": "60000"}))
+    took = time.monotonic() - started
+    assert late["statusCode"] == 502, late
+    assert body(late)["detail"].startswith("DeadlineExceeded")
+    assert took < 5.0  # the 2 s invocation's deadline, not the caller's minute nor 30 s
+
+
 def test_metrics_count_the_events_and_health_answers(orders, sandbox) -> None:
     lam = sandbox({"MESH_SERVICE": "frontend", "MESH_UPSTREAMS": f"orders={orders}"})
     for _ in range(3):

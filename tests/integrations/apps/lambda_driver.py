@@ -5,8 +5,8 @@ runtime reports it, ``{"errorType": ..., "errorMessage": ...}``, and the process
 Then each line on stdin is one command, answered by one line on stdout starting with ``@@ ``
 (the library's own log lines may go to stdout too; the test skips them):
 
-* ``{"event": {...}}``: call ``handler(event, context)`` with a minimal Lambda context object;
-  answers ``{"response": ..., "threads": [...]}``.
+* ``{"event": {...}}``: call ``handler(event, context)`` with a minimal Lambda context object
+  (the function's timeout: ``LAMBDA_TIMEOUT_MS``, default 15 s); answers ``{"response": ..., "threads": [...]}``.
 * ``{"settle": seconds}``: wait until only the main thread is left (a serverless refresh runs on
   a helper that ends by itself), at most that long; answers ``{"threads": [...]}``.
 
@@ -66,7 +66,8 @@ def main() -> int:
     for line in sys.stdin:
         command = json.loads(line)
         if "event" in command:
-            response = handler(command["event"], LambdaContext())
+            timeout_ms = int(os.environ.get("LAMBDA_TIMEOUT_MS", "15000"))
+            response = handler(command["event"], LambdaContext(timeout_ms))
             _answer({"response": response, "threads": _threads()})
         elif "settle" in command:
             deadline = time.monotonic() + float(command["settle"])
