@@ -22,8 +22,7 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from asgimesh import MeshSettings
-from asgimesh._errors import ConfigError
+from asgimesh import ConfigError, MeshSettings
 from tests.conftest import ROOT, subprocess_env
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
