@@ -41,6 +41,9 @@ class MeshRuntime:
         self.settings = settings if settings is not None else MeshSettings.from_env()
         self.metrics = MeshMetrics(self.settings.service)
         self._lock = threading.Lock()
+        #: The server is stopping: ``/_mesh/health`` answers 503 so load balancers stop sending,
+        #: while requests still arriving are served (see :meth:`drain`).
+        self.draining = False
         self._inbound_admission: InboundAdmission | None = None
         self._inbound_authenticator: Authenticator | None = None
         self.policy = PolicyStore.from_settings(self.settings)
@@ -195,6 +198,14 @@ class MeshRuntime:
     def _refused(self, error: PolicyError) -> None:
         self.metrics.policy_reloads.labels(self.settings.service, "failure").inc()
         log.warning("policy_refused", source=error.source, problems=error.problems)
+
+    def drain(self) -> None:
+        """The server is about to stop: report draining on ``/_mesh/health`` (503), keep
+        serving what still comes. Called by the ASGI lifespan's shutdown and by ``asgimesh
+        serve`` on SIGTERM (at the start of its ``--drain-delay``)."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining", service=self.settings.service)
 
     def close(self) -> None:
         """Stop background work (the config source's watcher, identity renewal) and remove the

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from typing import Any
 
 __all__ = ["carries_mesh", "register"]
@@ -35,6 +36,18 @@ def register(commands: Any) -> None:
         "--workers", type=int, default=1, help="gunicorn worker processes (with --wsgi)"
     )
     serve.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    serve.add_argument(
+        "--drain-delay",
+        default="0s",
+        help="on SIGTERM, keep serving this long with /_mesh/health answering 503 (draining), "
+        "so load balancers stop sending before the port closes (default 0s; e.g. 5s behind "
+        "a Kubernetes Service)",
+    )
+    serve.add_argument(
+        "--grace",
+        default="30s",
+        help="then, how long requests in flight may take to finish (default 30s)",
+    )
     serve.set_defaults(handler=serve_command)
 
 
@@ -62,10 +75,29 @@ def _import(target: str) -> Any:
         raise ConfigError(f"asgimesh serve {target}: {exc}") from None
 
 
+def _durations(args: argparse.Namespace) -> tuple[float, float]:
+    from .._durations import parse_duration
+    from .._errors import ConfigError
+
+    found = []
+    for option, text in (("--drain-delay", args.drain_delay), ("--grace", args.grace)):
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise ConfigError(f"asgimesh serve {option}: {exc}") from None
+        if not 0 <= seconds <= 3600:
+            raise ConfigError(
+                f"asgimesh serve {option}: {text!r} is out of range; expected 0s to 1h"
+            )
+        found.append(seconds)
+    return found[0], found[1]
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from .._logging import configure_logging
     from .._runtime import get_runtime
 
+    args.drain_delay, args.grace = _durations(args)
     runtime = get_runtime()  # a bad setting stops here, with its one-line message
     configure_logging(runtime.settings.log_format)
     if args.wsgi:
@@ -98,12 +130,32 @@ def _serve_asgi(args: argparse.Namespace, runtime: Any) -> int:
         port=args.port,
         log_level="warning",
         lifespan="auto",
+        timeout_graceful_shutdown=int(args.grace) or None,
         **options,
     )
-    server = uvicorn.Server(config)
+    server = _draining_server(uvicorn, runtime, args.drain_delay)(config)
     _say_where(runtime, scheme, args.host, args.port)
     server.run()
     return 0
+
+
+def _draining_server(uvicorn: Any, runtime: Any, delay: float) -> Any:
+    """A ``uvicorn.Server`` whose first stop signal starts draining: health answers 503 and
+    requests are still served for ``delay`` seconds, then the usual graceful shutdown. A
+    second signal stops at once."""
+
+    class DrainingServer(uvicorn.Server):  # type: ignore[misc]
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if runtime.draining or delay <= 0:
+                runtime.drain()
+                super().handle_exit(sig, frame)
+                return
+            runtime.drain()
+            timer = threading.Timer(delay, super().handle_exit, (sig, frame))
+            timer.daemon = True
+            timer.start()
+
+    return DrainingServer
 
 
 def _server_context(runtime: Any) -> Any:

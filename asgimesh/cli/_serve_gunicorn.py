@@ -67,6 +67,8 @@ def serve_wsgi(args: argparse.Namespace, runtime: Any) -> int:
         "worker_class": "gthread",
         "loglevel": "warning",
         "accesslog": None,
+        # On SIGTERM gunicorn stops accepting and lets requests in flight finish this long.
+        "graceful_timeout": args.grace,
     }
     scheme = "http"
     if runtime.settings.mtls != "off":

@@ -78,10 +78,11 @@ class Admin:
 
     def health(self) -> Answer:
         runtime = self._runtime
+        draining = runtime.draining
         return json_document(
-            200,
+            503 if draining else 200,
             {
-                "status": "ok",
+                "status": "draining" if draining else "ok",
                 "service": runtime.settings.service,
                 "policy_version": runtime.policy.current.version,
             },

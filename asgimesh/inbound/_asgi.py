@@ -115,7 +115,22 @@ class MeshMiddleware:
             if refused is not None:
                 await _refuse_websocket(scope, receive, send, refused)
                 return
+        elif scope["type"] == "lifespan":
+            receive = _draining_on_shutdown(receive, self.runtime)
         await self.app(scope, receive, send)
+
+
+def _draining_on_shutdown(receive: Receive, runtime: MeshRuntime) -> Receive:
+    """The lifespan's ``receive``, marking the runtime draining when the server says it is
+    shutting down (before the app's own shutdown work runs)."""
+
+    async def wrapped() -> Message:
+        message = await receive()
+        if message["type"] == "lifespan.shutdown":
+            runtime.drain()
+        return message
+
+    return wrapped
 
 
 def _trim(error: BaseException) -> None:
