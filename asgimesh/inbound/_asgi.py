@@ -122,12 +122,15 @@ class MeshMiddleware:
 
 def _draining_on_shutdown(receive: Receive, runtime: MeshRuntime) -> Receive:
     """The lifespan's ``receive``, marking the runtime draining when the server says it is
-    shutting down (before the app's own shutdown work runs)."""
+    shutting down (before the app's own shutdown work runs), and serving again when a server
+    starts it up (a test client, or a server started again in the same process)."""
 
     async def wrapped() -> Message:
         message = await receive()
         if message["type"] == "lifespan.shutdown":
             runtime.drain()
+        elif message["type"] == "lifespan.startup":
+            runtime.draining = False
         return message
 
     return wrapped

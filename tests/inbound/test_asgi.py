@@ -153,9 +153,42 @@ async def test_lifespan_passes_through(make_runtime) -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message["type"])
 
-    await MeshMiddleware(app, runtime=make_runtime())({"type": "lifespan"}, receive, send)
+    runtime = make_runtime()
+    await MeshMiddleware(app, runtime=runtime)({"type": "lifespan"}, receive, send)
     assert events == ["lifespan.startup", "lifespan.shutdown"]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert runtime.draining  # the server is stopping: health says so
+
+
+async def test_health_says_draining_after_shutdown_until_the_next_startup(make_runtime) -> None:
+    runtime = make_runtime()
+    mesh = MeshMiddleware(lambda scope, receive, send: None, runtime=runtime)
+
+    async def lifespan(kind: str) -> None:
+        messages = iter([{"type": f"lifespan.{kind}"}])
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+
+        await MeshMiddleware(app, runtime=runtime)(
+            {"type": "lifespan"}, lambda: _next(messages), _ignore
+        )
+
+    async with client_for(mesh) as client:
+        assert (await client.get("/_mesh/health")).status_code == 200
+        await lifespan("shutdown")
+        health = await client.get("/_mesh/health")
+        assert health.status_code == 503 and health.json()["status"] == "draining"
+        await lifespan("startup")
+        assert (await client.get("/_mesh/health")).json()["status"] == "ok"
+
+
+async def _next(messages: Any) -> Any:
+    return next(messages)
+
+
+async def _ignore(message: Any) -> None:
+    return None
 
 
 async def test_websocket_scope_passes_through_untouched(make_runtime) -> None:
