@@ -156,6 +156,7 @@ class MeshRuntime:
                         self.policy,
                         on_rate_limited=metrics.rate_limited.inc,
                         on_denied=metrics.authz_denied.inc,
+                        on_limit=metrics.concurrency_limit.set,
                     )
                     self._inbound_admission = admission
         return admission

@@ -16,7 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from ..policy import InboundPolicy, PolicySnapshot
+from ..policy import AdaptiveConcurrency, InboundPolicy, PolicySnapshot
+from ._adaptive import AdaptiveGate, GradientLimit
 from ._answers import Answer, json_answer
 from ._authentication import TrustedProxies
 from ._authorization import Authorizer
@@ -52,6 +53,7 @@ class Admission:
         *,
         on_rate_limited: Callable[[], None] = _noop,
         on_denied: Callable[[], None] = _noop,
+        on_limit: Callable[[int], None] | None = None,
     ) -> None:
         self.service = service
         self.policy = policy
@@ -65,9 +67,13 @@ class Admission:
         rate = policy.rate_limit
         self.bucket = TokenBucket(rate.requests_per_second, rate.burst) if rate else None
         limit = policy.concurrency_limit
-        if limit is None:
+        adaptive = policy.adaptive_concurrency
+        self.gate: ConcurrencyGate | None
+        if adaptive is not None and adaptive.enabled:
+            self.gate = _adaptive_gate(adaptive, limit, gate, on_limit)
+        elif limit is None:
             self.gate = None
-        elif gate is not None:
+        elif gate is not None and not isinstance(gate, AdaptiveGate):
             gate.limit = limit  # keep counting the requests already in flight
             self.gate = gate
         else:
@@ -102,12 +108,44 @@ class Admission:
         gate = self.gate
         if gate is not None and not gate.acquire():
             self.on_rate_limited()
+            if isinstance(gate, AdaptiveGate):
+                detail = (
+                    f"{self.service!r} is at the {gate.limit} concurrent requests its "
+                    "latency allows now (adaptive concurrency)"
+                )
+                return json_answer(503, "overloaded", detail, (("retry-after", "1"),)), None
             detail = (
                 f"{self.service!r} is already handling its limit of {gate.limit} "
                 "concurrent requests"
             )
             return json_answer(429, "rate_limited", detail, (("retry-after", "1"),)), None
         return None, gate
+
+
+def _adaptive_gate(
+    config: AdaptiveConcurrency,
+    cap: int | None,
+    old: ConcurrencyGate | None,
+    on_limit: Callable[[int], None] | None,
+) -> AdaptiveGate:
+    """The adaptive gate for ``config``: the old one, still counting its requests in flight
+    and keeping what it learnt, where only the bounds changed."""
+    max_limit = min(config.max_limit, cap) if cap is not None else config.max_limit
+    min_limit = min(config.min_limit, max_limit)
+    if isinstance(old, AdaptiveGate):
+        algorithm = old.algorithm
+        algorithm.min_limit, algorithm.max_limit = min_limit, max_limit
+        algorithm.tolerance = config.tolerance
+        algorithm.limit = max(float(min_limit), min(float(max_limit), algorithm.limit))
+        old.limit = int(algorithm.limit)
+        return old
+    algorithm = GradientLimit(
+        config.initial_limit,
+        min_limit=min_limit,
+        max_limit=max_limit,
+        tolerance=config.tolerance,
+    )
+    return AdaptiveGate(algorithm, on_limit=on_limit)
 
 
 class _Store(Protocol):
@@ -122,7 +160,15 @@ class InboundAdmission:
     runtime shares its buckets and its in-flight count, as they serve one service.
     """
 
-    __slots__ = ("_lock", "_state", "_store", "on_denied", "on_rate_limited", "service")
+    __slots__ = (
+        "_lock",
+        "_state",
+        "_store",
+        "on_denied",
+        "on_limit",
+        "on_rate_limited",
+        "service",
+    )
 
     def __init__(
         self,
@@ -131,11 +177,14 @@ class InboundAdmission:
         *,
         on_rate_limited: Callable[[], None] = _noop,
         on_denied: Callable[[], None] = _noop,
+        on_limit: Callable[[int], None] | None = None,
     ) -> None:
         self.service = service
         self._store = store
         self.on_rate_limited = on_rate_limited
         self.on_denied = on_denied
+        #: Told each new adaptive concurrency limit (the runtime's gauge).
+        self.on_limit = on_limit
         self._lock = threading.Lock()
         # One attribute, so that a reader in another thread never pairs a snapshot with
         # another snapshot's limits.
@@ -160,6 +209,7 @@ class InboundAdmission:
                 policy.authorization is None
                 and policy.rate_limit is None
                 and policy.concurrency_limit is None
+                and policy.adaptive_concurrency is None
                 and not policy.trusted_proxies
             ):
                 admission = None
@@ -172,6 +222,7 @@ class InboundAdmission:
                     old.gate if old is not None else None,
                     on_rate_limited=self.on_rate_limited,
                     on_denied=self.on_denied,
+                    on_limit=self.on_limit,
                 )
             self._state = (snapshot, admission)
             return admission

@@ -129,7 +129,7 @@ class InboundExchange:
         self._done = True
         gate = self.gate
         if gate is not None:
-            gate.release()
+            gate.done(self.started)
         telemetry = self._telemetry
         if telemetry is None or self.context is None:
             return

@@ -89,4 +89,9 @@ class ConcurrencyGate:
     def release(self) -> None:
         self._slots.pop()
 
+    def done(self, started: float) -> None:
+        """Give the slot back at the end of a request that began at ``started`` (monotonic
+        seconds; an adaptive gate learns from it, this one only counts)."""
+        self._slots.pop()
+
 

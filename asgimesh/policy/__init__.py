@@ -11,6 +11,7 @@ from ._load import (
     validate_document,
 )
 from ._model import (
+    AdaptiveConcurrency,
     AuthorizationRule,
     Defaults,
     Fault,
@@ -40,6 +41,7 @@ from ._signed import (
 from ._state import PolicySnapshot, PolicyStore, settings_layers
 
 __all__ = [
+    "AdaptiveConcurrency",
     "AuthorizationRule",
     "Defaults",
     "Fault",

@@ -31,6 +31,7 @@ from .._wire import HTTP_METHODS, SERVICE_NAME
 from ..identity import is_spiffe_id
 
 __all__ = [
+    "AdaptiveConcurrency",
     "AuthorizationRule",
     "Backoff",
     "BackoffOverride",
@@ -401,10 +402,32 @@ class RateLimit(_Model):
     burst: int | None = Field(default=None, ge=1)
 
 
+class AdaptiveConcurrency(_Model):
+    """An inbound concurrency limit found from observed latency (see ``docs/policy.md``)."""
+
+    enabled: bool = True
+    #: Where the limit starts, and the bounds it moves within.
+    initial_limit: int = Field(default=20, ge=1, le=100_000)
+    min_limit: int = Field(default=4, ge=1, le=100_000)
+    max_limit: int = Field(default=1000, ge=1, le=100_000)
+    #: How much slower than the long-term latency requests may get before the limit shrinks.
+    tolerance: float = Field(default=1.5, ge=1.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AdaptiveConcurrency:
+        if not self.min_limit <= self.max_limit:
+            raise ValueError(
+                f"expected min_limit <= max_limit, got {self.min_limit} > {self.max_limit}"
+            )
+        return self
+
+
 class InboundPolicy(_Model):
     authorization: tuple[AuthorizationRule, ...] | None = None
     rate_limit: RateLimit | None = None
     concurrency_limit: int | None = Field(default=None, ge=1)
+    #: A concurrency limit that adapts to latency; ``concurrency_limit``, if set too, caps it.
+    adaptive_concurrency: AdaptiveConcurrency | None = None
     #: Proxies (IP addresses or networks) whose forwarded client certificates are believed.
     trusted_proxies: tuple[str, ...] = ()
 

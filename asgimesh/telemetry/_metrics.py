@@ -133,6 +133,12 @@ class MeshMetrics:
             ["service"],
             registry=r,
         ).labels(service)
+        self.concurrency_limit = Gauge(
+            "mesh_inbound_concurrency_limit",
+            "The inbound concurrency limit adaptive concurrency has found (0 while off).",
+            ["service"],
+            registry=r,
+        ).labels(service)
         self.certificate_expiry = Gauge(
             "mesh_identity_certificate_expiry_timestamp_seconds",
             "When this service's certificate expires (Unix time; 0 while it has none).",

@@ -82,3 +82,24 @@ routes = [
 
 bare = Starlette(routes=routes)
 app = MeshMiddleware(bare)
+
+
+class _Capacity:
+    """A service that works on ``CAPACITY`` requests at once, 20 ms each: the rest wait."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.capacity = int(os.environ.get("CAPACITY", "4"))
+        self._slots: anyio.Semaphore | None = None
+
+    async def work(self, request: Request) -> PlainTextResponse:
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self.capacity)
+        async with self._slots:
+            await anyio.sleep(0.02)
+        return PlainTextResponse("done")
+
+
+_capacity = _Capacity()
+capacity_app = MeshMiddleware(Starlette(routes=[Route("/work", _capacity.work)]))
