@@ -44,7 +44,7 @@ class MeshMiddleware:
     def __init__(self, app: ASGIApp, *, runtime: MeshRuntime | None = None) -> None:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
-        self._core = InboundCore.for_runtime(self.runtime)
+        self._core = InboundCore.for_runtime(self.runtime, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Kept short on purpose: an app's exception passes through this frame, and the server

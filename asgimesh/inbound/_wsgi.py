@@ -50,7 +50,7 @@ class MeshWSGIMiddleware:
     def __init__(self, app: WSGIApp, *, runtime: MeshRuntime | None = None) -> None:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
-        self._core = InboundCore.for_runtime(self.runtime)
+        self._core = InboundCore.for_runtime(self.runtime, app)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         core = self._core

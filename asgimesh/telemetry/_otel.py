@@ -8,6 +8,12 @@ can only be installed once per process), the tracer is cached.
 The span continues the caller's trace and *is* the request's server span: its ids replace those
 the core made in the :class:`~asgimesh.MeshContext`, so the ``traceparent`` that outbound calls
 send names a span the exporter really exports.
+
+Where the app has OpenTelemetry instrumentation of its own, the request gets exactly the spans it
+gets without the mesh: one instrumentation *outside* the mesh has made the SERVER span before the
+mesh is called (the mesh takes that span's ids into the context and starts none); one *inside*
+(:func:`~asgimesh.telemetry._instrumented.makes_server_spans`, looked up once) makes it after, from
+the same ``traceparent``, so the mesh starts none and leaves the OpenTelemetry context alone.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from typing import Any
 from ..__version__ import __version__
 from .._context import MeshContext
 from .._wire import HTTP_METHODS
+from ._instrumented import makes_server_spans
 
-__all__ = ["ServerSpans", "SpanScope"]
+__all__ = ["ServerSpans", "SpanScope", "TracerGate"]
 
 try:
     from opentelemetry import context as otel_context
@@ -41,8 +48,8 @@ except ImportError:  # pragma: no cover - exercised only without the optional de
 SpanScope = tuple[Any, Any]
 
 
-class ServerSpans:
-    """Starts and ends the SERVER span of each request while a real provider is configured."""
+class TracerGate:
+    """The ``asgimesh`` tracer once a real provider is installed; ``None`` until then, cheaply."""
 
     #: Seconds between looks at the global provider while it is the no-op one.
     RECHECK = 1.0
@@ -70,15 +77,49 @@ class ServerSpans:
         self._tracer = tracer = provider.get_tracer("asgimesh", __version__)
         return tracer
 
+
+class ServerSpans(TracerGate):
+    """Starts and ends the SERVER span of each request while a real provider is configured,
+    unless the app's own instrumentation makes it (``app``: what the middleware wraps)."""
+
+    def __init__(self, app: Any = None) -> None:
+        super().__init__()
+        self._app = app
+        #: Whether ``app`` makes its own SERVER spans: looked up at the first traced request
+        #: (an instrumentor may be applied to the app after the mesh wrapped it).
+        self._app_traces: bool | None = None
+
     def start(
         self,
         tracer: Any,
         context: MeshContext,
         method: str,
-        attributes: dict[str, Any],
-    ) -> SpanScope:
+        attributes: Any,
+        source: Any,
+    ) -> SpanScope | None:
         """Start the span as a child of the caller's, take its ids into ``context`` and make it
-        the current OTel span for the app (so the app's own spans nest under it)."""
+        the current OTel span for the app (so the app's own spans nest under it); its
+        attributes are ``attributes(source)`` (the scope's or environ's).
+
+        ``None``, no span: an instrumentation outside the mesh made the request's SERVER span
+        (it is current; ``context`` takes its ids), or one inside the app will make it.
+        """
+        current = trace.get_current_span()
+        ids = current.get_span_context()
+        if (
+            ids.is_valid
+            and not ids.is_remote
+            and (not current.is_recording() or getattr(current, "kind", None) is SpanKind.SERVER)
+        ):
+            context.trace_id = f"{ids.trace_id:032x}"
+            context.span_id = f"{ids.span_id:016x}"
+            context.trace_flags = f"{int(ids.trace_flags):02x}"
+            return None
+        app_traces = self._app_traces
+        if app_traces is None:
+            app_traces = self._app_traces = makes_server_spans(self._app)
+        if app_traces:
+            return None
         if context.parent_span_id is not None:
             parent = SpanContext(
                 int(context.trace_id, 16),
@@ -95,7 +136,7 @@ class ServerSpans:
             # span happens to be current in the server.
             parent_context = otel_context.Context()
         span = tracer.start_span(
-            method, context=parent_context, kind=SpanKind.SERVER, attributes=attributes
+            method, context=parent_context, kind=SpanKind.SERVER, attributes=attributes(source)
         )
         ids = span.get_span_context()
         if ids.is_valid:
