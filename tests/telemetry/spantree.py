@@ -1,4 +1,5 @@
-"""Span trees as plain data, to compare a request's spans with and without the mesh exactly.
+"""Span trees as plain data, to compare a request's spans with and without the mesh exactly; and
+the real servers, in a thread of the test process, that the span tests call.
 
 Each finished span becomes ``(name, kind, parent, attributes)``, where ``parent`` is the index of
 its parent among the spans of the same run, ``"remote:<span id>"`` for a remote parent, or
@@ -8,12 +9,17 @@ and the server's port (each run has its own server), which is written ``PORT``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["Node", "by_name", "tree"]
+from asgimesh.testing import serve_in_thread
+
+__all__ = ["Node", "by_name", "served", "tree", "wsgi_in_thread"]
 
 #: Attributes that hold the client's ephemeral port (old and new semantic conventions).
 _EPHEMERAL = frozenset({"client.port", "net.peer.port", "net.sock.peer.port", "network.peer.port"})
@@ -51,3 +57,32 @@ def tree(spans: Sequence[ReadableSpan], port: int | None = None) -> list[Node]:
 def by_name(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
     [span] = [span for span in spans if span.name == name]
     return span
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def wsgi_in_thread(app: Any) -> Iterator[int]:
+    """Serve the WSGI ``app`` with wsgiref on a free loopback port; stop it on exit."""
+    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+@contextmanager
+def served(kind: str, app: Any) -> Iterator[int]:
+    if kind == "asgi":
+        with serve_in_thread(app) as server:
+            yield server.config.port
+    else:
+        with wsgi_in_thread(app) as port:
+            yield port

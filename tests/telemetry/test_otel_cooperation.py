@@ -9,11 +9,8 @@ mesh's own work (request id, deadline, trace context in ``current_context()``) g
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -30,9 +27,8 @@ from starlette.routing import Route
 
 from asgimesh import MeshContext, MeshMiddleware, MeshRuntime, MeshWSGIMiddleware, current_context
 from asgimesh.telemetry._instrumented import makes_server_spans
-from asgimesh.testing import serve_in_thread
 
-from .spantree import by_name, tree
+from .spantree import by_name, served, tree
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -94,35 +90,6 @@ WSGI: dict[str, Build] = {
         wsgi_app if rt is None else MeshWSGIMiddleware(wsgi_app, runtime=rt)
     ),
 }
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def wsgi_in_thread(app: Any) -> Iterator[int]:
-    """Serve the WSGI ``app`` with wsgiref on a free loopback port; stop it on exit."""
-    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-
-
-@contextmanager
-def served(kind: str, app: Any) -> Iterator[int]:
-    if kind == "asgi":
-        with serve_in_thread(app) as server:
-            yield server.config.port
-    else:
-        with wsgi_in_thread(app) as port:
-            yield port
 
 
 def run(kind: str, app: Any, exporter: Any, headers: dict[str, str]) -> tuple[Any, Any, Any]:
