@@ -1,6 +1,7 @@
 """Telemetry: Prometheus metrics, the structlog access log, optional OpenTelemetry spans, and
 the per-instance summary a service reports to the control plane."""
 
+from ._client import ClientSpans, TrySpan
 from ._inbound import InboundTelemetry, asgi_route
 from ._metrics import CONTENT_TYPE, MeshMetrics
 from ._otel import SpanScope, environ_attributes, scope_attributes
@@ -8,10 +9,12 @@ from ._summary import InstanceReport
 
 __all__ = [
     "CONTENT_TYPE",
+    "ClientSpans",
     "InboundTelemetry",
     "InstanceReport",
     "MeshMetrics",
     "SpanScope",
+    "TrySpan",
     "asgi_route",
     "environ_attributes",
     "scope_attributes",
