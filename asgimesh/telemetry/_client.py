@@ -21,16 +21,17 @@ transport pays one method call and one comparison per try.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._wire import HTTP_METHODS
 from ._otel import TracerGate
 
-if TYPE_CHECKING:
-    from ..outbound._call import Call
-    from ..outbound._steps import Send
-
 __all__ = ["ClientSpans", "TrySpan"]
+
+#: The outbound call (``asgimesh.outbound._call.Call``) and its ``Send`` step: telemetry reads
+#: them but, below ``outbound`` in the layering, does not import them.
+Call = Any
+Send = Any
 
 try:
     from opentelemetry import context as otel_context
