@@ -232,9 +232,11 @@ class AsyncMeshShell(_Shell[Req, Resp]):
                     inner = self._inner
                     if self._minter is not None:
                         send = await self._with_token(call, send)
-                traced = self._spans.begin(call, send)
-                if traced is not None:
-                    send, inner = traced.send, traced.async_inner(inner)
+                traced = None
+                if call.try_started >= self._spans.next_check:  # else tracing is off
+                    traced = self._spans.begin(call, send)
+                    if traced is not None:
+                        send, inner = traced.send, traced.async_inner(inner)
                 try:
                     response = await inner.handle_async_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
@@ -372,9 +374,11 @@ class SyncMeshShell(_Shell[Req, Resp]):
                     inner = self._inner
                     if self._minter is not None:
                         send = self._with_token(call, send)
-                traced = self._spans.begin(call, send)
-                if traced is not None:
-                    send, inner = traced.send, traced.sync_inner(inner)
+                traced = None
+                if call.try_started >= self._spans.next_check:  # else tracing is off
+                    traced = self._spans.begin(call, send)
+                    if traced is not None:
+                        send, inner = traced.send, traced.sync_inner(inner)
                 try:
                     response = inner.handle_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:

@@ -56,7 +56,10 @@ class TracerGate:
 
     def __init__(self) -> None:
         self._tracer: Any = None
-        self._next_check = float("-inf")
+        #: ``now`` from which :meth:`tracer` may answer a tracer: minus infinity once it has
+        #: one, else the next look at the provider. A hot path that sees ``now`` below it knows
+        #: tracing is off without a call.
+        self.next_check = float("-inf")
 
     def tracer(self, now: float) -> Any:
         """The tracer, or ``None`` while tracing is off (the common, cheap case).
@@ -66,15 +69,16 @@ class TracerGate:
         provider installed after start-up (in a lifespan handler, say) is used within a second.
         """
         tracer = self._tracer
-        if tracer is not None or now < self._next_check:
+        if tracer is not None or now < self.next_check:
             return tracer
-        self._next_check = now + self.RECHECK
+        self.next_check = now + self.RECHECK
         if trace is None:
             return None
         provider = trace.get_tracer_provider()
         if isinstance(provider, NoOpTracerProvider | ProxyTracerProvider):
             return None
         self._tracer = tracer = provider.get_tracer("asgimesh", __version__)
+        self.next_check = float("-inf")
         return tracer
 
 
