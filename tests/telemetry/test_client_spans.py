@@ -7,6 +7,7 @@ that answers 503 to the first try of each request id and records the ``tracepare
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from asgimesh import MeshTransport
+from asgimesh import AsyncMeshTransport, MeshTransport, RetryBudgetExhausted
 from asgimesh.testing import serve_in_thread
 
 from ..conftest import free_port as free_tcp_port
@@ -141,3 +142,89 @@ def test_no_spans_without_a_provider(client) -> None:
         pytest.skip("another part of this process installed a tracer provider")
     client.get("http://flaky/flaky", headers={"x-test-key": "none"})
     assert len(received) == 2
+
+
+async def always_503(request: Request) -> PlainTextResponse:
+    received.append(request.headers.get("traceparent", ""))
+    return PlainTextResponse("no", status_code=503)
+
+
+@pytest.fixture(scope="module")
+def failing() -> Iterator[str]:
+    with serve_in_thread(Starlette(routes=[Route("/x", always_503)])) as server:
+        yield f"http://127.0.0.1:{server.config.port}"
+
+
+def _runtime(make_runtime: Any, service: dict[str, Any]) -> Any:
+    return make_runtime(service="web", policy=json.dumps({"services": {"up": service}}))
+
+
+def test_budget_refusal_and_ejection_are_events(failing, make_runtime, otel_spans) -> None:
+    received.clear()
+    runtime = _runtime(
+        make_runtime,
+        {
+            "endpoints": [failing],
+            "retries": {"budget": {"ratio": 0, "min_per_second": 0}},
+            "outlier_detection": {"consecutive_failures": 1, "max_ejection_percent": 100},
+        },
+    )
+    with httpx.Client(transport=MeshTransport(runtime=runtime)) as http:
+        assert http.get("http://up/x").status_code == 503
+    [span] = _client_spans(otel_spans)
+    assert span.attributes["http.response.status_code"] == 503
+    assert [event.name for event in span.events] == [
+        "mesh.retry_budget_exhausted",
+        "mesh.endpoint_ejected",
+    ]
+    assert span.events[0].attributes["mesh.retry.reason"] == "503"
+    assert span.events[1].attributes["mesh.endpoint"] == failing
+    assert received == [_ids(span)]
+
+
+def test_an_injected_fault_is_a_span_with_its_events(failing, make_runtime, otel_spans) -> None:
+    received.clear()
+    fault = {"abort": {"percent": 100, "status": 418}, "delay": {"percent": 100, "duration": "5ms"}}
+    runtime = _runtime(make_runtime, {"endpoints": [failing], "fault": fault})
+    with httpx.Client(transport=MeshTransport(runtime=runtime)) as http:
+        assert http.post("http://up/x", content=b"{}").status_code == 418
+    [span] = _client_spans(otel_spans)
+    assert span.name == "POST"
+    assert span.attributes["http.response.status_code"] == 418
+    assert span.attributes["error.type"] == "418"
+    assert [event.name for event in span.events] == ["mesh.fault.delay", "mesh.fault.abort"]
+    assert span.events[0].attributes["mesh.fault.delay_s"] == pytest.approx(0.005)
+    assert received == []  # nothing was sent
+
+
+def test_a_refusal_ends_the_call_with_an_event(make_runtime, otel_spans) -> None:
+    gone = f"http://127.0.0.1:{free_tcp_port()}"
+    runtime = _runtime(
+        make_runtime, {"endpoints": [gone], "retries": {"budget": {"ratio": 0, "min_per_second": 0}}}
+    )
+    with httpx.Client(transport=MeshTransport(runtime=runtime)) as http, pytest.raises(
+        RetryBudgetExhausted
+    ):
+        http.get("http://up/x")
+    [span] = _client_spans(otel_spans)
+    assert span.attributes["error.type"] == "ConnectError"
+    names = [event.name for event in span.events]
+    assert names == ["mesh.retry_budget_exhausted", "mesh.refused"]
+    assert span.events[1].attributes["mesh.refusal"] == "budget"
+
+
+@pytest.mark.anyio
+async def test_async_tries_have_their_spans_too(upstream, make_runtime, otel_spans) -> None:
+    received.clear()
+    runtime = make_runtime(service="web", upstreams=f"flaky={upstream}")
+    async with httpx.AsyncClient(transport=AsyncMeshTransport(runtime=runtime)) as http:
+        with trace.get_tracer("app").start_as_current_span("checkout") as parent:
+            response = await http.get("http://flaky/flaky", headers={"x-test-key": f"a{id(http)}"})
+        # the try's span is no longer current once the call returned
+        assert trace.get_current_span() is trace.INVALID_SPAN
+    assert response.status_code == 200
+    first, second = _client_spans(otel_spans)
+    assert [span.parent.span_id for span in (first, second)] == [parent.get_span_context().span_id] * 2
+    assert second.attributes["http.request.resend_count"] == 1
+    assert [event.name for event in first.events] == ["mesh.retry"]
+    assert received == [_ids(first), _ids(second)]
