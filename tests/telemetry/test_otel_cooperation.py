@@ -25,8 +25,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from asgimesh import MeshContext, MeshMiddleware, MeshRuntime, MeshWSGIMiddleware, current_context
+from asgimesh import (
+    AsyncMeshTransport,
+    MeshContext,
+    MeshMiddleware,
+    MeshRuntime,
+    MeshWSGIMiddleware,
+    current_context,
+)
 from asgimesh.telemetry._instrumented import makes_server_spans
+from asgimesh.testing import serve_in_thread
 
 from .spantree import by_name, served, tree
 
@@ -219,3 +227,41 @@ def test_detection_is_bounded_and_survives_hostile_objects() -> None:
     assert not makes_server_spans(Raises())
     assert makes_server_spans(Deep(10))
     assert not makes_server_spans(Deep(200))  # past the bound: the mesh makes its span
+
+
+#: The runtime the frontend's handler calls the backend with (set by the test).
+frontend_runtime: list[MeshRuntime] = []
+
+
+async def checkout(request: Request) -> PlainTextResponse:
+    transport = AsyncMeshTransport(runtime=frontend_runtime[0])
+    async with httpx.AsyncClient(transport=transport) as client:
+        answer = await client.get("http://backend/items/7")
+    return PlainTextResponse(answer.text, status_code=answer.status_code)
+
+
+def test_one_trace_through_an_instrumented_app_and_its_mesh_call(make_runtime, otel_spans) -> None:
+    """frontend (contrib ASGI inside the mesh) -> its mesh CLIENT span -> backend (mesh only)."""
+    backend_app = MeshMiddleware(starlette_app(), runtime=make_runtime(service="backend"))
+    with serve_in_thread(backend_app) as backend:
+        frontend_runtime[:] = [
+            make_runtime(service="frontend", upstreams=f"backend=http://127.0.0.1:{backend.config.port}")
+        ]
+        app = Starlette(routes=[Route("/checkout", checkout)])
+        frontend_app = MeshMiddleware(ContribASGI(app), runtime=frontend_runtime[0])
+        with serve_in_thread(frontend_app) as frontend:
+            response = httpx.get(f"http://127.0.0.1:{frontend.config.port}/checkout", headers=HEADERS)
+    assert response.status_code == 200
+    spans = otel_spans.get_finished_spans()
+    assert {f"{span.context.trace_id:032x}" for span in spans} == {TRACE_ID}
+    servers = {
+        span.instrumentation_scope.name: span for span in spans if span.kind is SpanKind.SERVER
+    }
+    front = servers["opentelemetry.instrumentation.asgi"]
+    back = servers["asgimesh"]
+    [client] = [span for span in spans if span.kind is SpanKind.CLIENT]
+    assert f"{front.parent.span_id:016x}" == PARENT
+    assert client.instrumentation_scope.name == "asgimesh"
+    assert client.parent.span_id == front.context.span_id
+    assert back.parent.span_id == client.context.span_id
+    assert by_name(spans, "work").parent.span_id == back.context.span_id
