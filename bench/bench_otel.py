@@ -1,13 +1,14 @@
 """What the mesh costs beside the app's own OpenTelemetry instrumentation, per inbound request.
 
-For each instrumentation (contrib ASGI and WSGI middleware, Starlette's ``OpenTelemetryMiddleware``,
-``FastAPIInstrumentor``, ``FlaskInstrumentor``), the same app is called in-process without the
-mesh and with it (the mesh cooperating: the app's span is the request's one SERVER span), and the
-CPU time per request is measured with ``time.process_time`` (it does not move with the load of a
-shared machine the way wall time does). A real SDK tracer provider is installed, its spans
-exported synchronously to an exporter that counts and drops them. Variants alternate round by
-round; the figures are medians over rounds. ``mesh only`` is the mesh's own SERVER span with no
-instrumentation in the app, against the bare app, for reference.
+For each instrumentation (contrib ASGI and WSGI middleware, Starlette's
+``OpenTelemetryMiddleware``, ``FastAPIInstrumentor``, ``FlaskInstrumentor``,
+``DjangoInstrumentor``), the same app is called in-process without the mesh and with it (the
+mesh cooperating: the app's span is the request's one SERVER span), and the CPU time per request
+is measured with ``time.process_time`` (it does not move with the load of a shared machine the
+way wall time does). A real SDK tracer provider is installed, its spans exported synchronously
+to an exporter that counts and drops them. Variants alternate round by round; the figures are
+medians over rounds. ``mesh only`` is the mesh's own SERVER span with no instrumentation in the
+app, against the bare app, for reference.
 
 Before measuring, every pair is checked: status 200, and the same number of spans per request
 with and without the mesh (the benchmark fails rather than report otherwise).
@@ -104,6 +105,39 @@ def flask_app(mesh: bool) -> Any:
     return app
 
 
+urlpatterns: list[Any] = []
+
+
+def django_app(mesh: bool) -> Any:
+    """Django's WSGI handler with ``DjangoInstrumentor`` (settings made once, in this process)."""
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        from django.http import HttpResponse
+        from django.urls import path
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        settings.configure(
+            DEBUG=False,
+            ALLOWED_HOSTS=["*"],
+            ROOT_URLCONF=__name__,
+            SECRET_KEY="asgimesh-bench-only",
+            MIDDLEWARE=[],
+            INSTALLED_APPS=[],
+        )
+        DjangoInstrumentor().instrument()
+        django.setup()
+        urlpatterns.append(path("items/<int:item_id>", lambda request, item_id: HttpResponse("ok")))
+    if mesh:
+        from asgimesh_django import get_wsgi_application as mesh_wsgi
+
+        return mesh_wsgi(runtime=runtime)
+    from django.core.wsgi import get_wsgi_application
+
+    return get_wsgi_application()
+
+
 def mesh_asgi(app: Any) -> Any:
     return MeshMiddleware(app, runtime=runtime)
 
@@ -132,6 +166,7 @@ PAIRS: dict[str, tuple[str, Callable[[], Any], Callable[[], Any]]] = {
         lambda: MeshWSGIMiddleware(ContribWSGI(wsgi_app), runtime=runtime),
     ),
     "FlaskInstrumentor": ("wsgi", lambda: flask_app(False), lambda: flask_app(True)),
+    "DjangoInstrumentor (WSGI)": ("wsgi", lambda: django_app(False), lambda: django_app(True)),
 }
 
 
