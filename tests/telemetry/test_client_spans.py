@@ -23,6 +23,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from asgimesh import AsyncMeshTransport, MeshTransport, RetryBudgetExhausted
+from asgimesh.telemetry import ClientSpans
 from asgimesh.testing import serve_in_thread
 
 from ..conftest import free_port as free_tcp_port
@@ -141,7 +142,21 @@ def test_no_spans_without_a_provider(client) -> None:
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         pytest.skip("another part of this process installed a tracer provider")
     client.get("http://flaky/flaky", headers={"x-test-key": "none"})
-    assert len(received) == 2
+    # no inbound request, no tracing: the tries carry no trace context at all
+    assert received == ["", ""]
+
+
+def test_the_gate_is_one_comparison_until_a_provider_is_installed() -> None:
+    from .conftest import installed_provider
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        pytest.skip("another part of this process installed a tracer provider")
+    spans = ClientSpans()
+    assert spans.tracer(100.0) is None
+    assert spans.next_check == 101.0  # a try before then skips the span code entirely
+    with installed_provider():
+        assert spans.tracer(101.0) is not None
+        assert spans.next_check == float("-inf")  # every try goes in
 
 
 async def always_503(request: Request) -> PlainTextResponse:
