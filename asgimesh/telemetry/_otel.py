@@ -18,7 +18,8 @@ the same ``traceparent``, so the mesh starts none and leaves the OpenTelemetry c
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..__version__ import __version__
 from .._context import MeshContext
@@ -46,6 +47,8 @@ except ImportError:  # pragma: no cover - exercised only without the optional de
 
 #: (span, token of the attached OTel context) for one request.
 SpanScope = tuple[Any, Any]
+
+_Source = TypeVar("_Source")
 
 
 class TracerGate:
@@ -98,8 +101,8 @@ class ServerSpans(TracerGate):
         tracer: Any,
         context: MeshContext,
         method: str,
-        attributes: Any,
-        source: Any,
+        attributes: Callable[[_Source], dict[str, Any]],
+        source: _Source,
     ) -> SpanScope | None:
         """Start the span as a child of the caller's, take its ids into ``context`` and make it
         the current OTel span for the app (so the app's own spans nest under it); its

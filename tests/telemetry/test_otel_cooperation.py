@@ -17,6 +17,8 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as ContribASGI
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as ContribWSGI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -265,3 +267,21 @@ def test_one_trace_through_an_instrumented_app_and_its_mesh_call(make_runtime, o
     assert client.parent.span_id == front.context.span_id
     assert back.parent.span_id == client.context.span_id
     assert by_name(spans, "work").parent.span_id == back.context.span_id
+
+
+def test_a_request_the_outer_instrumentation_sampled_out_gets_no_mesh_span(
+    make_runtime, otel_spans
+) -> None:
+    """The outer span is current but not recording: the request is not to be traced, so the
+    mesh starts no span of its own either (the app's, under an unsampled parent, are dropped)."""
+    off = TracerProvider(sampler=ALWAYS_OFF)
+
+    def build(runtime: MeshRuntime | None) -> Any:
+        return ContribASGI(_mesh(runtime, starlette_app()), tracer_provider=off)
+
+    without, _, _ = run("asgi", build(None), otel_spans, HEADERS)
+    with_mesh, response, _ = run("asgi", build(make_runtime()), otel_spans, HEADERS)
+    assert with_mesh == without == []
+    [context] = seen
+    assert context is not None and context.trace_id == TRACE_ID
+    assert response.headers["x-request-id"] == "req-7"
