@@ -141,16 +141,17 @@ class InboundCore:
         self.on_request = on_request
 
     @classmethod
-    def for_runtime(cls, runtime: MeshRuntime) -> InboundCore:
+    def for_runtime(cls, runtime: MeshRuntime, app: Any = None) -> InboundCore:
         """The core of a middleware on ``runtime``: its admin paths, the runtime's one
-        admission (shared by every middleware on it) and telemetry of its own."""
+        admission (shared by every middleware on it) and telemetry of its own (``app``, what
+        the middleware wraps: where it makes its own spans, the mesh makes none)."""
         from ..telemetry import InboundTelemetry
 
         mtls = runtime.settings.mtls
         return cls(
             Admin(runtime),
             admission=runtime.inbound_admission,
-            telemetry=InboundTelemetry(runtime),
+            telemetry=InboundTelemetry(runtime, app),
             on_request=runtime.on_request,
             authenticator=runtime.inbound_authenticator if mtls != "off" else None,
             strict=mtls == "strict",

@@ -103,7 +103,7 @@ class InboundExchange:
             spans = telemetry.spans
             tracer = spans.tracer(self.started)
             if tracer is not None:
-                self._span = spans.start(tracer, context, self.method, attributes(source))
+                self._span = spans.start(tracer, context, self.method, attributes, source)
         self._token = _current.set(context)
 
     def leave(self) -> None:

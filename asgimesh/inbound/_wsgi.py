@@ -50,7 +50,7 @@ class MeshWSGIMiddleware:
     def __init__(self, app: WSGIApp, *, runtime: MeshRuntime | None = None) -> None:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
-        self._core = InboundCore.for_runtime(self.runtime)
+        self._core = InboundCore.for_runtime(self.runtime, app)
         #: Until the first request shows the address this process serves on (for reports).
         self._unnamed = True
 

@@ -59,6 +59,7 @@ class Call:
         "inbound_left",
         "limit",
         "method",
+        "note",
         "replayable",
         "rng",
         "span_id",
@@ -118,6 +119,9 @@ class Call:
         self._base_headers: list[tuple[bytes, bytes]] = []
         self._given_timeout: Mapping[str, float | None] = {}
         self._expires_after_delay = False
+        #: What the last decision did beyond its step, for the try's span events (read and
+        #: cleared there): ``("retry", reason)`` or ``("budget", reason)``, a retry refused.
+        self.note: tuple[str, str] | None = None
         upstream.budget.deposit(now)
 
     def remaining(self, now: float) -> float | None:
@@ -313,8 +317,10 @@ class Call:
         if remaining is not None and delay >= remaining:
             return None
         if not self.upstream.budget.withdraw(now):
+            self.note = ("budget", reason)
             return None
         self.upstream.metrics.retry(reason)
+        self.note = ("retry", reason)
         return delay
 
     def failed(
@@ -343,6 +349,7 @@ class Call:
         if remaining is not None and delay >= remaining:
             return self._fail(self._per_try_refusal(timed_out), now)
         if not self.upstream.budget.withdraw(now):
+            self.note = ("budget", reason)
             return self._fail(
                 Refusal(
                     "budget",
@@ -352,6 +359,7 @@ class Call:
                 now,
             )
         self.upstream.metrics.retry(reason)
+        self.note = ("retry", reason)
         return Sleep(delay)
 
     def abandoned(self, now: float) -> None:

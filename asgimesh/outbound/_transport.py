@@ -24,6 +24,7 @@ import anyio
 
 from .._runtime import MeshRuntime, get_runtime
 from ..identity import MeshClientContext, identity_mismatch, service_id
+from ..telemetry import ClientSpans
 from ._call import RETRY_AFTER_STATUSES, Call
 from ._metrics import UpstreamMetrics
 from ._planner import CallPlanner
@@ -73,6 +74,8 @@ class _Shell(Generic[Req, Resp]):
         #: Where mTLS cannot carry the identity (a mesh service's plain ``http://`` endpoint,
         #: permissive mode), a ``mesh-identity`` token for that service carries it instead.
         self._minter = self._planner.runtime.token_minter if self._mtls else None
+        #: One CLIENT span per try while an OpenTelemetry SDK is installed (else one check).
+        self._spans = ClientSpans()
 
     def _expected_id(self, call: Call) -> str:
         """The ID ``call``'s service must present: its policy's ``identity``, else the mesh's
@@ -235,17 +238,28 @@ class AsyncMeshShell(_Shell[Req, Resp]):
                     inner = self._inner
                     if self._minter is not None:
                         send = await self._with_token(call, send)
+                traced = None
+                if call.try_started >= self._spans.next_check:  # else tracing is off
+                    traced = self._spans.begin(call, send)
+                    if traced is not None:
+                        send, inner = traced.send, traced.async_inner(inner)
                 try:
                     response = await inner.handle_async_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
                     step = self._failed(call, exc)
+                    if traced is not None:
+                        traced.failed(exc, step, call)
                     if isinstance(step, Fail):
                         raise self._error(step, request, self._explained(exc, request))  # noqa: B904
                     continue
-                except BaseException:
+                except BaseException as exc:
                     call.abandoned(clock())
+                    if traced is not None:
+                        traced.failed(exc, None, call)
                     raise
                 outcome = self._answered(call, response)
+                if traced is not None:
+                    traced.answered(response.status_code, outcome, call)
                 if isinstance(outcome, Done):
                     lib.track_async(response, call, outcome.endpoint)
                     return response
@@ -259,6 +273,7 @@ class AsyncMeshShell(_Shell[Req, Resp]):
                 infos = await self._lookup(step)
                 step = call.resolved(infos, clock())
             elif isinstance(step, Respond):
+                self._spans.fault(call, step.status)
                 return lib.fault_response(step.status)
             else:
                 raise self._error(step, request)
@@ -365,17 +380,28 @@ class SyncMeshShell(_Shell[Req, Resp]):
                     inner = self._inner
                     if self._minter is not None:
                         send = self._with_token(call, send)
+                traced = None
+                if call.try_started >= self._spans.next_check:  # else tracing is off
+                    traced = self._spans.begin(call, send)
+                    if traced is not None:
+                        send, inner = traced.send, traced.sync_inner(inner)
                 try:
                     response = inner.handle_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
                     step = self._failed(call, exc)
+                    if traced is not None:
+                        traced.failed(exc, step, call)
                     if isinstance(step, Fail):
                         raise self._error(step, request, self._explained(exc, request))  # noqa: B904
                     continue
-                except BaseException:
+                except BaseException as exc:
                     call.abandoned(clock())
+                    if traced is not None:
+                        traced.failed(exc, None, call)
                     raise
                 outcome = self._answered(call, response)
+                if traced is not None:
+                    traced.answered(response.status_code, outcome, call)
                 if isinstance(outcome, Done):
                     lib.track_sync(response, call, outcome.endpoint)
                     return response
@@ -388,6 +414,7 @@ class SyncMeshShell(_Shell[Req, Resp]):
             elif isinstance(step, Resolve):
                 step = call.resolved(self._lookup(step), clock())
             elif isinstance(step, Respond):
+                self._spans.fault(call, step.status)
                 return lib.fault_response(step.status)
             else:
                 raise self._error(step, request)

@@ -49,14 +49,14 @@ class Exchange(Protocol):
 class InboundTelemetry:
     """Per-middleware telemetry state: precomputed metric children, the span helper."""
 
-    def __init__(self, runtime: MeshRuntime) -> None:
+    def __init__(self, runtime: MeshRuntime, app: Any = None) -> None:
         metrics = runtime.metrics
         self.service = metrics.service
         self._counter = metrics.inbound_requests
         self._observe = metrics.inbound_duration.observe
         self._children: dict[tuple[str, int], Any] = {}
         self.access_log = runtime.settings.access_log
-        self.spans = ServerSpans()
+        self.spans = ServerSpans(app)
 
     def _child(self, method: str, status: int) -> Any:
         """The counter for a pair not cached yet. Only known methods are cached: a client that

@@ -8,17 +8,25 @@ can only be installed once per process), the tracer is cached.
 The span continues the caller's trace and *is* the request's server span: its ids replace those
 the core made in the :class:`~asgimesh.MeshContext`, so the ``traceparent`` that outbound calls
 send names a span the exporter really exports.
+
+Where the app has OpenTelemetry instrumentation of its own, the request gets exactly the spans it
+gets without the mesh: one instrumentation *outside* the mesh has made the SERVER span before the
+mesh is called (the mesh takes that span's ids into the context and starts none); one *inside*
+(:func:`~asgimesh.telemetry._instrumented.makes_server_spans`, looked up once) makes it after, from
+the same ``traceparent``, so the mesh starts none and leaves the OpenTelemetry context alone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..__version__ import __version__
 from .._context import MeshContext
 from .._wire import HTTP_METHODS
+from ._instrumented import makes_server_spans
 
-__all__ = ["ServerSpans", "SpanScope"]
+__all__ = ["ServerSpans", "SpanScope", "TracerGate"]
 
 try:
     from opentelemetry import context as otel_context
@@ -40,16 +48,21 @@ except ImportError:  # pragma: no cover - exercised only without the optional de
 #: (span, token of the attached OTel context) for one request.
 SpanScope = tuple[Any, Any]
 
+_Source = TypeVar("_Source")
 
-class ServerSpans:
-    """Starts and ends the SERVER span of each request while a real provider is configured."""
+
+class TracerGate:
+    """The ``asgimesh`` tracer once a real provider is installed; ``None`` until then, cheaply."""
 
     #: Seconds between looks at the global provider while it is the no-op one.
     RECHECK = 1.0
 
     def __init__(self) -> None:
         self._tracer: Any = None
-        self._next_check = float("-inf")
+        #: ``now`` from which :meth:`tracer` may answer a tracer: minus infinity once it has
+        #: one, else the next look at the provider. A hot path that sees ``now`` below it knows
+        #: tracing is off without a call.
+        self.next_check = float("-inf")
 
     def tracer(self, now: float) -> Any:
         """The tracer, or ``None`` while tracing is off (the common, cheap case).
@@ -59,26 +72,61 @@ class ServerSpans:
         provider installed after start-up (in a lifespan handler, say) is used within a second.
         """
         tracer = self._tracer
-        if tracer is not None or now < self._next_check:
+        if tracer is not None or now < self.next_check:
             return tracer
-        self._next_check = now + self.RECHECK
+        self.next_check = now + self.RECHECK
         if trace is None:
             return None
         provider = trace.get_tracer_provider()
         if isinstance(provider, NoOpTracerProvider | ProxyTracerProvider):
             return None
         self._tracer = tracer = provider.get_tracer("asgimesh", __version__)
+        self.next_check = float("-inf")
         return tracer
+
+
+class ServerSpans(TracerGate):
+    """Starts and ends the SERVER span of each request while a real provider is configured,
+    unless the app's own instrumentation makes it (``app``: what the middleware wraps)."""
+
+    def __init__(self, app: Any = None) -> None:
+        super().__init__()
+        self._app = app
+        #: Whether ``app`` makes its own SERVER spans: looked up at the first traced request
+        #: (an instrumentor may be applied to the app after the mesh wrapped it).
+        self._app_traces: bool | None = None
 
     def start(
         self,
         tracer: Any,
         context: MeshContext,
         method: str,
-        attributes: dict[str, Any],
-    ) -> SpanScope:
+        attributes: Callable[[_Source], dict[str, Any]],
+        source: _Source,
+    ) -> SpanScope | None:
         """Start the span as a child of the caller's, take its ids into ``context`` and make it
-        the current OTel span for the app (so the app's own spans nest under it)."""
+        the current OTel span for the app (so the app's own spans nest under it); its
+        attributes are ``attributes(source)`` (the scope's or environ's).
+
+        ``None``, no span: an instrumentation outside the mesh made the request's SERVER span
+        (it is current; ``context`` takes its ids), or one inside the app will make it.
+        """
+        current = trace.get_current_span()
+        ids = current.get_span_context()
+        if (
+            ids.is_valid
+            and not ids.is_remote
+            and (not current.is_recording() or getattr(current, "kind", None) is SpanKind.SERVER)
+        ):
+            context.trace_id = f"{ids.trace_id:032x}"
+            context.span_id = f"{ids.span_id:016x}"
+            context.trace_flags = f"{int(ids.trace_flags):02x}"
+            return None
+        app_traces = self._app_traces
+        if app_traces is None:
+            app_traces = self._app_traces = makes_server_spans(self._app)
+        if app_traces:
+            return None
         if context.parent_span_id is not None:
             parent = SpanContext(
                 int(context.trace_id, 16),
@@ -95,7 +143,7 @@ class ServerSpans:
             # span happens to be current in the server.
             parent_context = otel_context.Context()
         span = tracer.start_span(
-            method, context=parent_context, kind=SpanKind.SERVER, attributes=attributes
+            method, context=parent_context, kind=SpanKind.SERVER, attributes=attributes(source)
         )
         ids = span.get_span_context()
         if ids.is_valid:

@@ -160,6 +160,28 @@ def test_budget_spent_returns_answer_or_refuses() -> None:
     assert refused(third.failed("connect-failure", 0.0)).kind == "budget"
 
 
+def test_each_decision_notes_what_it_did_for_the_tries_span() -> None:
+    service = {"retries": {"budget": {"ratio": 0, "min_per_second": 0.1, "ttl": "10s"}}}
+    up = Upstream(backend_config({"endpoints": ENDPOINTS, **service}), MeshMetrics("test"), random.Random(1), 0.0)
+    call = make_call(service=service, upstream=up)
+    call.begin_try(0.0)
+    assert call.note is None
+    call.answered(503, None, 0.0)
+    assert call.note == ("retry", "503")
+    spent = make_call(service=service, upstream=up)
+    spent.begin_try(0.0)
+    spent.answered(503, None, 0.0)
+    assert spent.note == ("budget", "503")
+    refused_call = make_call(service=service, upstream=up)
+    refused_call.begin_try(0.0)
+    refused_call.failed("connect-failure", 0.0)
+    assert refused_call.note == ("budget", "connect-failure")
+    plain = make_call()
+    plain.begin_try(0.0)
+    plain.answered(200, None, 0.0)
+    assert plain.note is None
+
+
 def test_timeout_bound_by_deadline_refuses() -> None:
     call = make_call(service={"timeout": "100ms", "per_try_timeout": "1s"})
     call.begin_try(0.0)
