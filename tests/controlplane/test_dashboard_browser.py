@@ -533,10 +533,11 @@ def test_policy_history_diff_rollback_and_keyboard(
         assert page.text("#rollback") == "Roll back to v1"
         page.click("#rollback")
         until(lambda: page.text("#version") == "v3", "the rollback's new version")
-        assert page.text("#history-message") == "rolled back: v3 is v1's document"
+        done = "rolled back: v3 is v1's document; 3 versions kept"
+        until(lambda: page.text("#history-message") == done, "the rollback's message")
         current = httpx.get(cp.url + "/v1/policy").json()
         assert (current["version"], current["policy"]) == (3, first)
-        until(lambda: page.text("#history-message") == "3 versions kept", "the new history")
+        assert page.evaluate("document.querySelector('#to').value") == "3"
 
         # The keyboard alone: Tab reaches the graph's node, Enter selects it, and the focus
         # survives the page's next refresh.

@@ -456,10 +456,12 @@ async function rollback() {
       headers: {authorization: "Bearer " + adminToken, "content-type": "application/json"},
       body: JSON.stringify({version: target}),
     });
-    historyMessage("rolled back: v" + answer.version + " is v" + target + "'s document", false);
     $("to").value = "";
     await refresh();
     await loadHistory();
+    // Last, so that no reload of the history in between overwrites it.
+    historyMessage("rolled back: v" + answer.version + " is v" + target + "'s document; " +
+                   plural(policyHistory.length, "version") + " kept", false);
   } catch (err) {
     historyMessage("rollback refused: " + err.message, true);
     $("rollback").disabled = false;
