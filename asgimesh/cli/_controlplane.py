@@ -172,7 +172,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
     from .._errors import ConfigError
     from .._logging import configure_logging, throttle_server_logs
     from ..controlplane import ControlPlaneConfig, create_app
-    from ..controlplane._keys import KeyStoreError
+    from ..controlplane import KeyStoreError
     from ..identity import control_plane_id
 
     configure_logging(args.log_format)
@@ -261,7 +261,7 @@ async def _load_ca(store: Store, config: ControlPlaneConfig) -> MeshCA:
     """The mesh CA the server is about to load (created now if there is none yet: the
     server's start-up then loads the same one, from the state dir or the shared store), and
     the JWT key likewise."""
-    from ..controlplane._keys import load_all_keys
+    from ..controlplane import load_all_keys
 
     await store.open()
     try:

@@ -111,11 +111,11 @@ async def load_keys(
     ours = ca.bundle_pem().decode()
     served = await store.bootstrap_secret(TRUST_BUNDLE, ours)
     if served != ours:
-        where = f"the mesh CA in {state_dir}" if local is not None else "a new mesh CA"
+        mine = "another mesh CA than the one in" if local is not None else "a mesh CA; none is in"
         raise KeyStoreError(
-            f"{store.description} already serves another mesh CA than {where}: give this "
-            f"replica the first one's key files in --state-dir, or run every replica with "
-            "one --key-encryption-key-file"
+            f"{store.description} already serves {mine} {state_dir}: give this replica the "
+            "first one's key files in --state-dir, or run every replica with one "
+            "--key-encryption-key-file"
         )
     if local is None and kek is None:
         await anyio.to_thread.run_sync(ca.save, state_dir)
@@ -263,10 +263,10 @@ async def load_jwt_issuer(
         issuer = local if local is not None else await _new_issuer(trust_domain)
     public = json.dumps(issuer.jwks(), sort_keys=True)
     if await store.bootstrap_secret(JWT_PUBLIC, public) != public:
+        mine = "another JWT signing key than" if local is not None else "a JWT signing key; no"
         raise KeyStoreError(
-            f"{store.description} already serves another JWT signing key than "
-            f"{path if local is not None else 'a new one'}: give this replica the first one's "
-            f"{JWT_KEY_FILE} in --state-dir, or run every replica with one "
+            f"{store.description} already serves {mine} {path}: give this replica the first "
+            f"one's {JWT_KEY_FILE} in --state-dir, or run every replica with one "
             "--key-encryption-key-file"
         )
     if local is None and kek is None:

@@ -12,7 +12,7 @@ from ._base import PolicyRecord, Store
 
 __all__ = ["PolicyRecord", "Store", "open_store"]
 
-_EXPECTED = "etcd(s)://host:port[/prefix], sqlite:///path or a file path"
+_EXPECTED = "etcd://host:port[/prefix], etcds://host:port[/prefix], sqlite:///path or a file path"
 
 
 def open_store(target: str, state_dir: Path) -> Store:
