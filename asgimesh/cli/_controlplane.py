@@ -171,8 +171,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
 
     from .._errors import ConfigError
     from .._logging import configure_logging, throttle_server_logs
-    from ..controlplane import ControlPlaneConfig, create_app
-    from ..controlplane import KeyStoreError
+    from ..controlplane import ControlPlaneConfig, KeyStoreError, create_app
     from ..identity import control_plane_id
 
     configure_logging(args.log_format)
