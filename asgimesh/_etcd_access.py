@@ -108,14 +108,11 @@ def _context(
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
             context.load_verify_locations(cafile=str(cacert))
+        except ssl.SSLError:  # before OSError, of which it is a kind
+            raise EtcdAccessError(f"cacert={str(cacert)!r}: expected PEM CA certificates") from None
         except OSError as exc:
-            raise EtcdAccessError(
-                f"cacert={str(cacert)!r}: cannot read it ({exc.strerror})"
-            ) from None
-        except ssl.SSLError:
-            raise EtcdAccessError(
-                f"cacert={str(cacert)!r}: expected PEM CA certificates"
-            ) from None
+            problem = f"cannot read it ({exc.strerror})"
+            raise EtcdAccessError(f"cacert={str(cacert)!r}: {problem}") from None
     if cert is not None and key is not None:
         for name, path in (("cert", cert), ("key", key)):
             if not os.access(path, os.R_OK):
