@@ -296,3 +296,22 @@ def test_clear_keys_from_an_older_version_are_refused_until_migrated(
     stored = _under(secure_etcd, prefix)
     assert f"{prefix}/bootstrap/mesh-ca" not in stored
     assert not [key for key, value in stored.items() if b"PRIVATE KEY" in value]
+
+
+def test_a_service_with_a_wrong_password_starts_and_says_why_in_one_line(
+    secure_etcd, tmp_path: Path, capfd
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    runtime = MeshRuntime(
+        MeshSettings(config=secure_etcd.url("/t-svc", password_file=str(wrong)), service="orders")
+    )
+    try:
+        assert runtime.policy.current.source is None  # serving its own layers meanwhile
+        _, err = capfd.readouterr()
+    finally:
+        runtime.close()
+    [line] = [json.loads(x) for x in err.splitlines() if "control_plane_unreachable" in x]
+    assert line["source"].startswith("etcd:https://127.0.0.1:")
+    assert "refused user 'mesh'" in line["problem"]
+    assert "Traceback" not in err and "not-the-password" not in err
