@@ -576,6 +576,10 @@ class SecureEtcd:
     token_ttl = 3
     root_password = "root-Pw-4e1d9"
     mesh_password = "mesh-Pw-77c0a"
+    #: ``svc`` has only what docs/controlplane.md tells operators to give a service, on this
+    #: prefix: read the versions and the trust bundle, write reports.
+    service_prefix = "/t-cp"
+    svc_password = "svc-Pw-0b3f2"
 
     def __init__(self, spawner: Spawner, directory: Path) -> None:
         self._spawner = spawner
@@ -584,7 +588,8 @@ class SecureEtcd:
         self.client_port, self.peer_port = free_port(), free_port()
         self.endpoint = f"https://127.0.0.1:{self.client_port}"
         self.passwords = {}
-        for user, password in (("root", self.root_password), ("mesh", self.mesh_password)):
+        for user, password in (("root", self.root_password), ("mesh", self.mesh_password),
+                               ("svc", self.svc_password)):
             path = directory / f"{user}-password"
             path.write_text(password + "\n")
             path.chmod(0o600)
@@ -640,6 +645,21 @@ class SecureEtcd:
             for prefix, end in (("/asgimesh", "/asgimesi"), ("/t-", "/t."), ):
                 perm = {"permType": "READWRITE", "key": b64(prefix), "range_end": b64(end)}
                 calls.append(("/v3/auth/role/grant", {"name": "mesh", "perm": perm}))
+            calls += [
+                ("/v3/auth/user/add", {"name": "svc", "password": self.svc_password}),
+                ("/v3/auth/role/add", {"name": "svc"}),
+                ("/v3/auth/user/grant", {"user": "svc", "role": "svc"}),
+            ]
+            base = self.service_prefix
+            for perm_type, key, end in (
+                ("READ", f"{base}/policy/", f"{base}/policy0"),
+                ("READ", f"{base}/bootstrap/trust-bundle", None),
+                ("READWRITE", f"{base}/reports/", f"{base}/reports0"),
+            ):
+                perm = {"permType": perm_type, "key": b64(key)}
+                if end is not None:
+                    perm["range_end"] = b64(end)
+                calls.append(("/v3/auth/role/grant", {"name": "svc", "perm": perm}))
             calls.append(("/v3/auth/enable", {}))
             for path, body in calls:
                 http.post(path, json=body).raise_for_status()

@@ -199,14 +199,14 @@ def test_policy_flows_through_tls_and_auth_and_no_private_key_is_in_etcd(
     assert f"{prefix}/bootstrap/jwt-public" in stored and f"{prefix}/policy/v/000000000001" in stored
     assert not [key for key, value in stored.items() if b"PRIVATE KEY" in value]
 
-    # A service on etcds:// with the password in the URL (redacted wherever it is shown).
-    password = secure_etcd.mesh_password
-    url = secure_etcd.url(prefix, password_file="").replace(
-        "mesh@", f"mesh:{password}@"
-    ).replace("&password_file=", "")
+    # A service on etcds:// as a user with only the rights the docs give services (read the
+    # versions and the trust bundle, which it pins on first use here, write reports), with
+    # the password in the URL: redacted wherever the URL is shown.
+    assert prefix == secure_etcd.service_prefix
+    password = secure_etcd.svc_password
+    url = secure_etcd.url(prefix, user=None).replace("etcds://", f"etcds://svc:{password}@")
     runtime = MeshRuntime(
-        MeshSettings(config=url + "&backoff_max=300ms", ca=str(tmp_path / "cp" / "ca.pem"),
-                     service="orders")
+        MeshSettings(config=url + "&backoff_max=300ms&report=1s", service="orders")
     )
     try:
         assert _wait(lambda: runtime.policy.current.version == 1)
@@ -225,7 +225,11 @@ def test_policy_flows_through_tls_and_auth_and_no_private_key_is_in_etcd(
         answer = anyio.run(config)
         assert answer.status_code == 200 and answer.json()["policy_version"] == 2
         assert answer.json()["source"].startswith("etcd:https://127.0.0.1:")
+        assert answer.json()["settings"]["config"].startswith("etcds://<redacted>@127.0.0.1:")
         assert password not in answer.text
+        # Its reports land in etcd, the one place it may write.
+        assert _wait(lambda: any(k.startswith(f"{prefix}/reports/orders/")
+                                 for k in secure_etcd.read_all()))
     finally:
         runtime.close()
     out, err = capfd.readouterr()
