@@ -63,8 +63,8 @@ class EtcdClient:
     With a user, the first call authenticates (``/v3/auth/authenticate``) and every call sends
     the token etcd gave as ``Authorization``; when etcd says the token is no longer good (it
     lapsed: ``--auth-token-ttl``, or etcd restarted) the client authenticates again once and
-    repeats the call. A refused authentication is not retried before a backoff delay, so a
-    wrong password costs etcd one attempt per delay, not one per call.
+    repeats the call. A refused authentication is not retried before a backoff delay (0.5 s
+    to 30 s), so a wrong password costs etcd one attempt per delay, not one per call.
     """
 
     def __init__(self, endpoint: str | EtcdAccess, *, timeout: float = 5.0) -> None:
@@ -123,7 +123,8 @@ class EtcdClient:
 
     async def _authenticate(self) -> str:
         if self._auth_refusal is not None and time.monotonic() < self._auth_retry_at:
-            raise self._auth_refusal
+            # A new exception each time: raising one object again would grow its traceback.
+            raise EtcdRefusedError(str(self._auth_refusal))
         try:
             password = self.access.read_password()
         except EtcdAccessError as exc:
@@ -147,7 +148,8 @@ class EtcdClient:
     def _refused(self, error: EtcdError) -> EtcdError:
         if isinstance(error, EtcdRefusedError):
             self._auth_refusal = error
-            self._auth_retry_at = time.monotonic() + self._auth_backoff.next_delay()
+            # At least half a second apart, whatever the jitter draws.
+            self._auth_retry_at = time.monotonic() + max(0.5, self._auth_backoff.next_delay())
         return error
 
     async def range(
