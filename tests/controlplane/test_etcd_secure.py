@@ -320,3 +320,16 @@ def test_a_service_with_a_wrong_password_starts_and_says_why_in_one_line(
     assert line["source"].startswith("etcd:https://127.0.0.1:")
     assert "refused user 'mesh'" in line["problem"]
     assert "Traceback" not in err and "not-the-password" not in err
+
+
+def test_the_control_plane_names_a_missing_tls_file_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    result = run_control_plane(
+        "--store", f"etcds://mesh:hunter2@127.0.0.1:2379/m?cacert={missing}",
+        "--state-dir", str(tmp_path / "state"),
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"asgimesh: --store='etcds://<redacted>@127.0.0.1:2379/m?cacert={missing}': "
+        f"cacert='{missing}': cannot read it (No such file or directory)"
+    )
