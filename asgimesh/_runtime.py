@@ -63,7 +63,10 @@ class MeshRuntime:
         if self.settings.mtls != "off":
             self._tokens(start)
         self.reporter = InstanceReport(
-            self.metrics.registry, self.settings.service, prefix=self.settings.instance
+            self.metrics.registry,
+            self.settings.service,
+            prefix=self.settings.instance,
+            ejections=self.metrics.recent_ejections,
         )
         self.source: PolicySource | None = policy_source_for(
             self.settings, self.policy, reporter=self.reporter

@@ -31,6 +31,9 @@ __all__ = ["MeshSettings", "parse_upstreams"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 _POLICY_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+#: ``MESH_POLICY_MAX_AGE`` unless set: a week, so that services restarting during a control
+#: plane outage of a long weekend (reading etcd directly) still take its last envelope.
+DEFAULT_POLICY_MAX_AGE = 7 * 24 * 3600.0
 
 
 def _check_name(value: str) -> str:
@@ -98,6 +101,10 @@ class MeshSettings(BaseSettings):
     )
     access_log: bool = False
     log_format: Literal["json", "console"] = "json"
+    #: Oldest signing time a control-plane policy envelope may have, in seconds; ``0``: no
+    #: limit (and envelopes of earlier control planes, which carry none, are accepted). The
+    #: control plane re-signs hourly, so this only needs to outlast a control-plane outage.
+    policy_max_age: Duration = DEFAULT_POLICY_MAX_AGE
     #: This instance's name in reports, ``asgimesh status`` and the dashboard (the process id
     #: is added); unset: host name, process id and a few random hex digits.
     instance: str | None = None

@@ -5,12 +5,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ASGIMESH_EXTRA=dev source scripts/_setup_python.sh
 
-# System packages the tests start for real (etcd, and chromium for the dashboard's browser
-# test) and the benchmarks drive with (wrk).
+# System packages the tests start for real (etcd, prometheus, and chromium for the dashboard's
+# browser test) and the benchmarks drive with (wrk).
 need_apt() { ! command -v "$1" >/dev/null 2>&1; }
 missing=()
 need_apt etcd && missing+=(etcd-server)
 need_apt wrk && missing+=(wrk)
+need_apt prometheus && missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -472,6 +472,50 @@ class ControlPlaneStarter:
         return args
 
 
+class Prometheus:
+    """A real Prometheus server (Debian's ``prometheus``) scraping the ``targets`` given to
+    :meth:`start` every ``interval`` on loopback; ``url`` is its base URL."""
+
+    def __init__(self, spawner: Spawner, directory: Path) -> None:
+        self._spawner = spawner
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, targets: Sequence[str], interval: str = "1s") -> ServerProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        listed = ", ".join(f"'{target}'" for target in targets)
+        config = self.directory / "prometheus.yml"
+        config.write_text(
+            f"global: {{scrape_interval: {interval}, evaluation_interval: {interval}}}\n"
+            "scrape_configs:\n"
+            "  - job_name: mesh\n"
+            "    metrics_path: /_mesh/metrics\n"
+            f"    static_configs: [{{targets: [{listed}]}}]\n"
+        )
+        return self._spawner.start(
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            port=self.port,
+            ready_path="/-/ready",
+        )
+
+
+@pytest.fixture
+def prometheus(spawn: Spawner, tmp_path: Path) -> Prometheus:
+    """A Prometheus server to start on the test's targets; skipped without the binary."""
+    import shutil
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus)")
+    return Prometheus(spawn, tmp_path / "prometheus")
+
+
 @pytest.fixture
 def control_plane_process(spawn: Spawner, tmp_path: Path) -> ControlPlaneStarter:
     """Start real control-plane processes (SQLite in the test's temp dir unless ``store=``)."""

@@ -16,6 +16,7 @@ def test_all_names_are_exported() -> None:
         "inbound",
         "outbound",
         "policy",
+        "serverless",
         "settings",
         "telemetry",
         "testing",

@@ -57,6 +57,8 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None
         ("MESH_UPSTREAMS", "payments", "MESH_UPSTREAMS='payments': expected service=url"),
         ("MESH_UPSTREAMS", "p=ftp://x", "expected an http:// or https:// endpoint for 'p'"),
         ("MESH_INSTANCE", "payments 2", "MESH_INSTANCE='payments 2': expected a name"),
+        ("MESH_POLICY_MAX_AGE", "a week", "MESH_POLICY_MAX_AGE='a week': expected a duration"),
+        ("MESH_POLICY_MAX_AGE", "-1h", "MESH_POLICY_MAX_AGE='-1h': expected a duration"),
     ],
 )
 def test_bad_values_name_variable_value_and_expectation(
@@ -104,3 +106,19 @@ def test_mtls_without_an_identity_stops_start_up(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv("MESH_MTLS", mode)
         with pytest.raises(ConfigError, match=rf"MESH_MTLS='{mode}' needs an identity"):
             MeshRuntime(start=False)
+
+
+def test_policy_max_age_defaults_to_a_week_and_zero_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asgimesh.policy import PolicyStore
+    from asgimesh.policy.sources import policy_source_for
+
+    assert MeshSettings.from_env().policy_max_age == 7 * 24 * 3600
+    monkeypatch.setenv("MESH_POLICY_MAX_AGE", "6h")
+    assert MeshSettings.from_env().policy_max_age == 6 * 3600
+    for value, expected in (("90m", 5400.0), ("0", None)):
+        monkeypatch.setenv("MESH_POLICY_MAX_AGE", value)
+        settings = MeshSettings.from_env(config="http://127.0.0.1:9")
+        source = policy_source_for(settings, PolicyStore([]))
+        assert source is not None and source._max_age == expected  # type: ignore[attr-defined]

@@ -10,9 +10,10 @@ import signal
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -112,6 +113,18 @@ def register(commands: Any) -> None:
         help="serve HTTPS with a certificate the mesh CA issues at start for the control "
         "plane's ID (valid 24h: restart within a day); services pin it with MESH_CA",
     )
+    server.add_argument(
+        "--prometheus",
+        default=None,
+        metavar="URL",
+        help="read the figures /v1/services and the dashboard show from this Prometheus "
+        "server's query API (it scrapes the services' /_mesh/metrics) instead of reports",
+    )
+    server.add_argument(
+        "--prometheus-window",
+        default="1m",
+        help="the rate window of those queries, a PromQL duration (default 1m)",
+    )
     server.add_argument("--log-format", choices=["json", "console"], default="json")
     server.set_defaults(handler=control_plane_command)
 
@@ -166,8 +179,25 @@ def _cert_lifetime(text: str) -> float:
     return seconds
 
 
+def _prometheus_options(url: str | None, window: str) -> str | None:
+    from .._errors import ConfigError
+    from ..controlplane import PROMETHEUS_WINDOW
+
+    if not PROMETHEUS_WINDOW.fullmatch(window):
+        raise ConfigError(
+            f"--prometheus-window: {window[:40]!r} is not a PromQL duration; expected e.g. 30s, 1m"
+        )
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--prometheus: expected the server's http(s):// base URL, got {url[:80]!r}"
+        )
+    return url
+
+
 def control_plane_command(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from .._errors import ConfigError
     from .._logging import configure_logging, throttle_server_logs
@@ -185,6 +215,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--max-wait/--stale-after/--store-wait: {exc}") from None
     cert_lifetime = _cert_lifetime(args.cert_lifetime)
+    prometheus = _prometheus_options(args.prometheus, args.prometheus_window)
     config = ControlPlaneConfig(
         store=args.store,
         state_dir=Path(args.state_dir),
@@ -195,6 +226,8 @@ def control_plane_command(args: argparse.Namespace) -> int:
         max_parked_polls=parked,
         max_parked_per_client=per_client,
         cert_lifetime=cert_lifetime,
+        prometheus=prometheus,
+        prometheus_window=args.prometheus_window,
         key_encryption_key_file=args.key_encryption_key_file,
         migrate_keys=args.migrate_keys,
     )
@@ -222,8 +255,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
         "limit_concurrency": concurrency,
     }
     if not args.tls:
-        uvicorn.run(app, **options)
-        return 0
+        return _serve(app, options)
     # uvicorn stops gracefully on SIGTERM, then raises it again: with the default handler the
     # process would end there, leaving the private key behind. This handler unwinds instead
     # (removing it), and the signal is raised again once the files are gone.
@@ -238,7 +270,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
                 f"(give services MESH_CA={bundle})",
                 flush=True,
             )
-            uvicorn.run(app, ssl_certfile=str(cert), ssl_keyfile=str(key), **options)
+            _serve(app, {**options, "ssl_certfile": str(cert), "ssl_keyfile": str(key)})
     except _TerminatedError:
         terminated = True
     finally:
@@ -246,6 +278,23 @@ def control_plane_command(args: argparse.Namespace) -> int:
     if terminated:
         signal.raise_signal(signal.SIGTERM)
     return 0
+
+
+def _serve(app: Any, options: dict[str, Any]) -> int:
+    """``uvicorn.run``, but a stop signal first ends the parked long polls (see
+    ``ControlPlane.shutting_down``), so the graceful shutdown finishes in time."""
+    import uvicorn
+
+    plane = app.state.control_plane
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            plane.shutting_down()
+            super().handle_exit(sig, frame)
+
+    server = DrainingServer(uvicorn.Config(app, **options))
+    server.run()
+    return 0 if server.started else EXIT_UNREACHABLE
 
 
 class _TerminatedError(Exception):
@@ -342,6 +391,20 @@ def _cell(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ",".join(f"{reason}:{count}" for reason, count in counts.items()) or "-"
+
+
 def status_command(args: argparse.Namespace) -> int:
     try:
         response = call(args, "GET", "/v1/services", admin=False)
@@ -354,21 +417,36 @@ def status_command(args: argparse.Namespace) -> int:
     )
     rows = [("SERVICE", "INSTANCES", "POLICY", "REQ/S", "SUCCESS", "P50 MS", "P99 MS")]
     for service in body["services"]:
-        success = service["success_rate"]
         rows.append(
             (
                 service["service"],
                 str(len(service["instances"])),
                 ",".join(str(v) for v in service["policy_versions"]),
                 _cell(service["requests_per_second"], ".1f"),
-                "-" if success is None else f"{100 * success:.2f}%",
+                _percent(service["success_rate"]),
                 _cell(service["p50_ms"], ".1f"),
                 _cell(service["p99_ms"], ".1f"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    _print_table(rows)
     if len(rows) == 1:
         print("(no instance has reported yet)", file=sys.stderr)
+    edges = body.get("edges") or []
+    if edges:
+        print()
+        calls = [("CALLER", "CALLEE", "REQ/S", "SUCCESS", "P50 MS", "P99 MS", "RETRIES", "REFUSED")]
+        for edge in edges:
+            calls.append(
+                (
+                    edge["source"],
+                    edge["destination"],
+                    _cell(edge["requests_per_second"], ".1f"),
+                    _percent(edge["success_rate"]),
+                    _cell(edge["p50_ms"], ".1f"),
+                    _cell(edge["p99_ms"], ".1f"),
+                    _counts(edge["retries"]),
+                    _counts(edge["refusals"]),
+                )
+            )
+        _print_table(calls)
     return 0

@@ -6,6 +6,15 @@ The stores (SQLite file or etcd) are in :mod:`asgimesh.controlplane.stores`.
 """
 
 from ._keys import KeyStoreError, load_all_keys, load_keys
+from ._prometheus import PROMETHEUS_WINDOW, QUERIES
 from ._server import ControlPlaneConfig, create_app
 
-__all__ = ["ControlPlaneConfig", "KeyStoreError", "create_app", "load_all_keys", "load_keys"]
+__all__ = [
+    "PROMETHEUS_WINDOW",
+    "QUERIES",
+    "ControlPlaneConfig",
+    "KeyStoreError",
+    "create_app",
+    "load_all_keys",
+    "load_keys",
+]

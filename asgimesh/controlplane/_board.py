@@ -24,6 +24,7 @@ class VersionBoard:
         self.record: PolicyRecord | None = None
         self.body: bytes = b""
         self._changed = anyio.Event()
+        self._closed = False
 
     @property
     def version(self) -> int:
@@ -39,13 +40,32 @@ class VersionBoard:
         changed.set()
         return True
 
+    def close(self) -> None:
+        """The server is stopping: every parked poll ends now with nothing new (and any that
+        comes later at once), so the server's graceful shutdown is not spent waiting on them."""
+        self._closed = True
+        self._changed.set()
+
+    def refresh(self, record: PolicyRecord) -> bool:
+        """Serve ``record``, a re-signed copy of the current version, from now on. Wakes no
+        one: it is not a new version, and no watcher needs it. Whether it was the current one
+        (a newer version may have landed meanwhile; then the copy is dropped)."""
+        if self.record is None or record.version != self.record.version:
+            return False
+        self.body = json.dumps(record.envelope(), separators=(",", ":")).encode()
+        self.record = record
+        return True
+
     async def wait_newer(self, after: int, wait: float) -> PolicyRecord | None:
-        """The current record once its version exceeds ``after``; ``None`` after ``wait`` s."""
+        """The current record once its version exceeds ``after``; ``None`` after ``wait`` s,
+        or as soon as the board is closed."""
         with anyio.move_on_after(wait):
             while True:
                 record = self.record
                 if record is not None and record.version > after:
                     return record
+                if self._closed:
+                    return None
                 await self._changed.wait()
         return None
 

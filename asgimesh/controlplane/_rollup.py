@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from .._wire import SERVICE_NAME
+from ..telemetry import MAX_EJECTED_PER_UPSTREAM, MAX_UPSTREAMS_PER_REPORT
 from ._inputs import MAX_VERSION
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "NAME_PATTERN",
     "Report",
     "roll_up",
+    "roll_up_edges",
 ]
 
 #: Service and namespace names: DNS-label-like, at most 253 characters.
@@ -40,6 +42,51 @@ MAX_REQUESTS = 10**12
 MAX_RATE = 10**9
 #: Latency quantiles: one day, in milliseconds.
 MAX_LATENCY_MS = 86_400_000
+
+
+#: Retry reasons and refusal kinds: short lowercase tokens (``503``, ``connect``, ``budget``).
+REASON_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+#: Distinct reasons one edge may list (the mesh has fewer than ten of each).
+MAX_REASONS = 16
+
+_Reason = Annotated[str, StringConstraints(pattern=REASON_PATTERN)]
+_Count = Annotated[int, Field(ge=0, le=MAX_REQUESTS)]
+
+
+#: Process ids and wall-clock times (Unix seconds, up to the year 2286).
+MAX_PID = 2**31
+MAX_TIME = 10**10
+#: What an instance serves on: ``host:port``, printable ASCII.
+ADDRESS_PATTERN = r"^[\x21-\x7e]{1,100}$"
+
+
+class EjectedEndpoint(BaseModel):
+    """An endpoint a caller has ejected, and why: ``seconds`` after ``failures`` failed tries."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    endpoint: str = Field(pattern=ADDRESS_PATTERN)
+    since: float = Field(ge=0, le=MAX_TIME)
+    seconds: float = Field(ge=0, le=MAX_LATENCY_MS)
+    failures: int = Field(ge=0, le=MAX_REQUESTS)
+
+
+class EdgeReport(BaseModel):
+    """What one instance sent to one upstream since its previous report."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    requests: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    requests_per_second: float = Field(default=0.0, ge=0, le=MAX_RATE)
+    success_rate: float | None = Field(default=None, ge=0, le=1)
+    p50_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    p99_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    retries: dict[_Reason, _Count] = Field(default_factory=dict, max_length=MAX_REASONS)
+    ejections: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    refusals: dict[_Reason, _Count] = Field(default_factory=dict, max_length=MAX_REASONS)
+    ejected: list[EjectedEndpoint] = Field(
+        default_factory=list, max_length=MAX_EJECTED_PER_UPSTREAM
+    )
 
 
 class Report(BaseModel):
@@ -55,6 +102,14 @@ class Report(BaseModel):
     success_rate: float | None = Field(default=None, ge=0, le=1)
     p50_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     p99_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    denied: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    rate_limited: int = Field(default=0, ge=0, le=MAX_REQUESTS)
+    pid: int | None = Field(default=None, ge=0, le=MAX_PID)
+    address: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
+    #: Per upstream (a mesh service, or a host outside the mesh), what this instance sent.
+    outbound: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], EdgeReport] = Field(
+        default_factory=dict, max_length=MAX_UPSTREAMS_PER_REPORT
+    )
 
 
 class _Stored(Report):
@@ -104,6 +159,10 @@ def roll_up(reports: Iterable[Any]) -> list[dict[str, Any]]:
                         "success_rate": r.success_rate,
                         "p50_ms": r.p50_ms,
                         "p99_ms": r.p99_ms,
+                        "denied": r.denied,
+                        "rate_limited": r.rate_limited,
+                        "pid": r.pid,
+                        "address": r.address,
                         "reported": received,
                     }
                     for r, received in sorted(instances, key=lambda pair: pair[0].instance)
@@ -113,6 +172,61 @@ def roll_up(reports: Iterable[Any]) -> list[dict[str, Any]]:
                 "success_rate": ok / requests if requests else None,
                 "p50_ms": max(p50) if p50 else None,
                 "p99_ms": max(p99) if p99 else None,
+                "denied": sum(r.denied for r, _ in instances),
+                "rate_limited": sum(r.rate_limited for r, _ in instances),
+            }
+        )
+    return rows
+
+
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for reason, count in counts.items():
+        into[reason] = into.get(reason, 0) + count
+
+
+def roll_up_edges(reports: Iterable[Any]) -> list[dict[str, Any]]:
+    """One row per edge caller → callee, from what the callers' instances sent: summed rate,
+    success rate weighted by requests, the worst instance's p50/p99, and the retries, ejections
+    and refusals of the latest report of each instance, summed. ``known`` tells whether the
+    callee is a service that reports too (otherwise a host outside the mesh, or a service
+    that does not run the mesh)."""
+    readable = _readable(reports)
+    services = {report.service for report, _ in readable}
+    by_edge: dict[tuple[str, str], list[EdgeReport]] = {}
+    ejected: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for report, _ in sorted(readable, key=lambda pair: pair[0].instance):
+        for upstream, edge in report.outbound.items():
+            by_edge.setdefault((report.service, upstream), []).append(edge)
+            for endpoint in edge.ejected:
+                ejected.setdefault((report.service, upstream), []).append(
+                    {"instance": report.instance, **endpoint.model_dump()}
+                )
+    rows = []
+    for (source, destination), edges in sorted(by_edge.items()):
+        requests = sum(e.requests for e in edges)
+        ok = sum(e.requests * e.success_rate for e in edges if e.success_rate is not None)
+        p50 = [e.p50_ms for e in edges if e.p50_ms is not None]
+        p99 = [e.p99_ms for e in edges if e.p99_ms is not None]
+        retries: dict[str, int] = {}
+        refusals: dict[str, int] = {}
+        for e in edges:
+            _add_counts(retries, e.retries)
+            _add_counts(refusals, e.refusals)
+        rows.append(
+            {
+                "source": source,
+                "destination": destination,
+                "known": destination in services,
+                "instances": len(edges),
+                "requests": requests,
+                "requests_per_second": round(sum(e.requests_per_second for e in edges), 3),
+                "success_rate": ok / requests if requests else None,
+                "p50_ms": max(p50) if p50 else None,
+                "p99_ms": max(p99) if p99 else None,
+                "retries": dict(sorted(retries.items())),
+                "ejections": sum(e.ejections for e in edges),
+                "refusals": dict(sorted(refusals.items())),
+                "ejected": ejected.get((source, destination), []),
             }
         )
     return rows

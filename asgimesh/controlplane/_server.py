@@ -8,6 +8,8 @@ with a 4xx status; a store that cannot be reached is a 503, never a 500 with a t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -47,14 +49,15 @@ from ..policy import (
     format_for,
     format_validation_error,
     parse_document,
-    sign_policy,
+    sign_record,
     validate_document,
 )
 from ._board import PollSlots, VersionBoard
 from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
 from ._inputs import MAX_VERSION, ApiError, ApiJSONResponse, json_value, show, whole_number
 from ._keys import load_admin_token, load_all_keys
-from ._rollup import Report, roll_up
+from ._prometheus import PrometheusError, PrometheusSource
+from ._rollup import Report, roll_up, roll_up_edges
 from .stores import PolicyRecord, Store, open_store
 
 __all__ = ["ControlPlaneConfig", "create_app", "token_digest"]
@@ -95,6 +98,18 @@ class ControlPlaneConfig:
     key_encryption_key_file: Path | None = None
     #: Move private keys that an older version kept in the store in clear, then delete them.
     migrate_keys: bool = False
+    #: Read ``/v1/services`` figures from this Prometheus server (its base URL) instead of the
+    #: instances' reports, with rates over ``prometheus_window`` (a PromQL duration).
+    prometheus: str | None = None
+    prometheus_window: str = "1m"
+    #: How often the current version is signed again with a fresh signing time (also once at
+    #: start): services refuse envelopes older than their ``MESH_POLICY_MAX_AGE``, and a policy
+    #: no one has changed for months must still look current. Far below any sensible max age.
+    resign_every: float = 3600.0
+
+
+#: How long one Prometheus answer serves every dashboard that asks (each asks every 2 s).
+PROMETHEUS_CACHE = 1.0
 
 
 def token_digest(token: str) -> str:
@@ -128,6 +143,15 @@ class ControlPlane:
         self.jwt: JWTIssuer | None = None
         self.board: VersionBoard | None = None
         self.polls = PollSlots(config.max_parked_polls, config.max_parked_per_client)
+        self.prometheus = (
+            PrometheusSource(config.prometheus, window=config.prometheus_window)
+            if config.prometheus
+            else None
+        )
+        self._figures: tuple[float, dict[str, Any]] | None = None
+        #: Schedules a call on the server's event loop from a signal handler (asyncio's
+        #: ``call_soon_threadsafe``), once the lifespan has started.
+        self._on_loop: Callable[[Callable[[], None]], object] | None = None
         self._cert_lifetime = datetime.timedelta(seconds=config.cert_lifetime)
 
     # -- life -----------------------------------------------------------------------------------
@@ -148,25 +172,60 @@ class ControlPlane:
                 migrate=self.config.migrate_keys,
             )
             self.board = VersionBoard()
+            with contextlib.suppress(RuntimeError):  # not asyncio (trio): no early drain
+                self._on_loop = asyncio.get_running_loop().call_soon_threadsafe
             latest = await self.store.latest()
             if latest is not None:
                 self.board.publish(latest)
+                await self._resign()
             log.info(
                 "control_plane_ready", store=self.store.description, version=self.board.version
             )
             async with anyio.create_task_group() as tasks:
                 if self.store.shared:
                     tasks.start_soon(self._follow)
+                tasks.start_soon(self._resign_loop)
                 yield
                 tasks.cancel_scope.cancel()
         finally:
             await self.store.close()
+
+    def shutting_down(self) -> None:
+        """The server was told to stop (safe from a signal handler): parked long polls are
+        answered now with nothing new, instead of being cancelled mid-wait when the server's
+        graceful-shutdown time runs out (a traceback per poll in the log)."""
+        board, on_loop = self.board, self._on_loop
+        if board is not None and on_loop is not None:
+            on_loop(board.close)
 
     async def _follow(self) -> None:
         assert self.board is not None
         async for record in self.store.follow(self.board.version):
             if self.board.publish(record):
                 log.info("policy_version_seen", version=record.version)
+
+    async def _resign_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.resign_every)
+            try:
+                await self._resign()
+            except Exception as exc:  # the store down, or a bug: never the control plane's end
+                # The copy in memory is served re-signed already; the store catches up next time.
+                kind, message = describe_error(exc)
+                log.warning("policy_resign_failed", error_type=kind, message=message)
+
+    async def _resign(self) -> None:
+        """Sign the current version again, now: same version and document, a new signing time.
+        Served at once and stored (services reading etcd directly take it from there)."""
+        assert self.board is not None
+        assert self.ca is not None
+        record = self.board.record
+        if record is None:
+            return
+        fresh = sign_record(self.ca.signing_key, record, time.time())
+        if self.board.refresh(fresh):  # else a newer version landed meanwhile, signed afresh
+            await self.store.refresh(fresh)
+        log.debug("policy_version_resigned", version=fresh.version, signed_at=fresh.signed_at)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -213,14 +272,16 @@ class ControlPlane:
 
     def _record(self, version: int, policy: dict[str, Any], note: str | None) -> PolicyRecord:
         assert self.ca is not None
-        return PolicyRecord(
+        now = time.time()
+        unsigned = PolicyRecord(
             version=version,
             policy=policy,
-            signature=sign_policy(self.ca.signing_key, version, policy),
+            signature="",
             signer=self.ca.signer_pem().decode(),
-            created=time.time(),
+            created=now,
             note=note,
         )
+        return sign_record(self.ca.signing_key, unsigned, now)
 
     async def _store_version(self, policy: dict[str, Any], note: str | None) -> PolicyRecord:
         assert self.board is not None
@@ -462,15 +523,38 @@ class ControlPlane:
 
     async def services(self, request: Request) -> Response:
         assert self.board is not None
-        reports = await self.store.reports(time.time() - self.config.stale_after)
         record = self.board.record
-        return ApiJSONResponse(
-            {
-                "policy_version": self.board.version,
-                "policy_created": record.created if record is not None else None,
-                "services": roll_up(reports),
-            }
-        )
+        answer: dict[str, Any] = {
+            "policy_version": self.board.version,
+            "policy_created": record.created if record is not None else None,
+        }
+        figures = await self._prometheus_figures(answer)
+        if figures is None:
+            reports = await self.store.reports(time.time() - self.config.stale_after)
+            figures = {"services": roll_up(reports), "edges": roll_up_edges(reports)}
+        return ApiJSONResponse({**answer, **figures})
+
+    async def _prometheus_figures(self, answer: dict[str, Any]) -> dict[str, Any] | None:
+        """The figures from Prometheus (cached a second), or ``None`` to use the reports: in
+        report mode, or when Prometheus cannot answer (``answer`` then says why)."""
+        if self.prometheus is None:
+            answer["source"] = "reports"
+            return None
+        now = time.monotonic()
+        if self._figures is not None and now - self._figures[0] < PROMETHEUS_CACHE:
+            answer["source"] = "prometheus"
+            return self._figures[1]
+        try:
+            figures = await self.prometheus.services()
+        except PrometheusError as error:
+            answer["source"] = "reports"
+            answer["warning"] = f"{error}; showing the instances' reports instead"
+            if (dropped := _error_log.admit("prometheus")) is not None:
+                log.warning("prometheus_unavailable", error=str(error), dropped=dropped)
+            return None
+        self._figures = (now, figures)
+        answer["source"] = "prometheus"
+        return figures
 
     async def dashboard(self, request: Request) -> Response:
         return HTMLResponse(DASHBOARD_HTML, headers=DASHBOARD_HEADERS)

@@ -45,6 +45,8 @@ class MeshMiddleware:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
         self._core = InboundCore.for_runtime(self.runtime)
+        #: Until the first request shows the address this process serves on (for reports).
+        self._unnamed = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Kept short on purpose: an app's exception passes through this frame, and the server
@@ -85,6 +87,11 @@ class MeshMiddleware:
         core = self._core
         if core.on_request is not None:
             core.on_request()  # serverless policy refresh: starts one if due, never waits
+        if self._unnamed:
+            self._unnamed = False
+            server = scope.get("server")
+            if server:
+                self.runtime.reporter.serving_on(server[0], server[1])
         client = scope.get("client")
         return core.decide(
             scope["method"],

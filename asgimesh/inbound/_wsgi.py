@@ -51,11 +51,16 @@ class MeshWSGIMiddleware:
         self.app = app
         self.runtime = runtime if runtime is not None else get_runtime()
         self._core = InboundCore.for_runtime(self.runtime)
+        #: Until the first request shows the address this process serves on (for reports).
+        self._unnamed = True
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         core = self._core
         if core.on_request is not None:
             core.on_request()  # serverless policy refresh: starts one if due, never waits
+        if self._unnamed:
+            self._unnamed = False
+            self.runtime.reporter.serving_on(environ.get("SERVER_NAME"), environ.get("SERVER_PORT"))
         method: str = environ.get("REQUEST_METHOD", "GET")
         path: str = environ.get("PATH_INFO", "") or "/"
         exchange = core.decide(

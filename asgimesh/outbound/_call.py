@@ -184,6 +184,8 @@ class Call:
         return Send(endpoint, self._base_headers + self.headers(now), self.timeouts())
 
     def _fail(self, refusal: Refusal | None, now: float) -> Fail:
+        if refusal is not None:
+            self.upstream.metrics.refused(refusal.kind)
         self.finish("error", now)
         return Fail(refusal)
 

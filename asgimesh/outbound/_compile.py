@@ -10,7 +10,9 @@ change applies to the calls that start after it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from .._wire import IDEMPOTENT_METHODS
 from ..policy import (
@@ -24,6 +26,7 @@ from ..policy import (
     Route,
     ServicePolicy,
     SplitTarget,
+    ValueMatch,
 )
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "CallConfig",
     "CompiledPolicy",
     "FaultConfig",
+    "HeaderLookup",
     "ServiceRoutes",
     "compile_policy",
 ]
@@ -75,6 +79,8 @@ class CallConfig:
     #: ``(service, percent)`` pairs; the rest of the traffic stays with the called service.
     split: tuple[tuple[str, float], ...]
     fault: FaultConfig | None
+    #: The service a route sends its calls to instead of the one called (``None``: that one).
+    service: str | None = None
 
     def is_idempotent(self, method: str) -> bool:
         return self.idempotent if self.idempotent is not None else method in IDEMPOTENT_METHODS
@@ -94,12 +100,27 @@ class BackendConfig:
     identity: str | None = None
 
 
+#: Reads one request header (case-insensitive), as ``httpx.Headers.get`` does.
+HeaderLookup = Callable[[str], "str | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class _CompiledRoute:
     method: str | None
     path: str | None
     prefix: bool
     config: CallConfig
+    headers: tuple[tuple[str, ValueMatch], ...] = ()
+    query: tuple[tuple[str, ValueMatch], ...] = ()
+
+
+def _query_values(query: bytes | str) -> dict[str, str]:
+    """The first value of each query parameter (``a=1&a=2``: ``1``)."""
+    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, max_num_fields=1000):
+        values.setdefault(name, value)
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +131,16 @@ class ServiceRoutes:
     default: CallConfig
     routes: tuple[_CompiledRoute, ...]
 
-    def config_for(self, method: str, path: str) -> CallConfig:
+    def config_for(
+        self,
+        method: str,
+        path: str,
+        header: HeaderLookup | None = None,
+        query: bytes | str = b"",
+    ) -> CallConfig:
+        """The first route whose every condition holds (method, path, headers, query), else
+        the service's own. The query string is parsed only if a route asks about it."""
+        parsed: dict[str, str] | None = None
         for route in self.routes:
             if route.method is not None and route.method != method:
                 continue
@@ -119,6 +149,16 @@ class ServiceRoutes:
                     if not path.startswith(route.path):
                         continue
                 elif path != route.path:
+                    continue
+            if route.headers and not all(
+                condition.matches(header(name) if header is not None else None)
+                for name, condition in route.headers
+            ):
+                continue
+            if route.query:
+                if parsed is None:
+                    parsed = _query_values(query)
+                if not all(condition.matches(parsed.get(n)) for n, condition in route.query):
                     continue
             return route.config
         return self.default
@@ -159,6 +199,7 @@ def _call_config(
     idempotent: bool | None,
     split: tuple[SplitTarget, ...],
     fault: Fault | None,
+    service: str | None = None,
 ) -> CallConfig:
     on = retries.on
     return CallConfig(
@@ -173,6 +214,7 @@ def _call_config(
         idempotent=idempotent,
         split=tuple((t.service, t.weight) for t in split if t.weight > 0),
         fault=FaultConfig.of(fault),
+        service=service,
     )
 
 
@@ -202,12 +244,15 @@ def _route(
         route.idempotent,
         route.split if route.split is not None else service.split,
         route.fault if route.fault is not None else service.fault,
+        route.service,
     )
     return _CompiledRoute(
         method=route.match.method,
         path=path[:-1] if prefix and path is not None else path,
         prefix=prefix,
         config=config,
+        headers=tuple(route.match.headers.items()),
+        query=tuple(route.match.query.items()),
     )
 
 
@@ -231,8 +276,8 @@ def _backend(name: str, defaults: Defaults, service: ServicePolicy) -> BackendCo
 def compile_policy(policy: Policy) -> CompiledPolicy:
     """Fold ``policy`` into the per-service and per-route configs calls look up.
 
-    A split target the policy does not define gets a backend without endpoints: its share of
-    the calls fails with ``NoHealthyEndpoints`` (as Envoy answers for a missing weighted
+    A split or route target the policy does not define gets a backend without endpoints: its
+    share of the calls fails with ``NoHealthyEndpoints`` (as Envoy answers for a missing weighted
     cluster) rather than silently going elsewhere.
     """
     defaults = policy.defaults
@@ -240,10 +285,14 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         name: _backend(name, defaults, service) for name, service in policy.services.items()
     }
     for service in policy.services.values():
-        for split in (service.split, *(route.split or () for route in service.routes)):
-            for target in split:
-                if target.service not in backends:
-                    backends[target.service] = _backend(target.service, defaults, ServicePolicy())
+        targets = [t.service for t in service.split]
+        for route in service.routes:
+            targets.extend(t.service for t in route.split or ())
+            if route.service is not None:
+                targets.append(route.service)
+        for target in targets:
+            if target not in backends:
+                backends[target] = _backend(target, defaults, ServicePolicy())
     return CompiledPolicy(
         # Keyed as httpx spells hosts (lower case); each keeps the name the policy gives it.
         services={

@@ -16,13 +16,22 @@ __all__ = ["UpstreamMetrics"]
 class UpstreamMetrics:
     """The metric children of one upstream label, created once instead of on every call."""
 
-    __slots__ = ("_ejections", "_metrics", "_requests", "_retries", "duration", "upstream")
+    __slots__ = (
+        "_ejections",
+        "_metrics",
+        "_refusals",
+        "_requests",
+        "_retries",
+        "duration",
+        "upstream",
+    )
 
     def __init__(self, metrics: MeshMetrics, upstream: str) -> None:
         self._metrics = metrics
         self.upstream = upstream
         self._requests: dict[tuple[str, int | str], Any] = {}
         self._retries: dict[str, Any] = {}
+        self._refusals: dict[str, Any] = {}
         self._ejections: Any = None
         self.duration = metrics.outbound_duration.labels(metrics.service, upstream)
 
@@ -46,9 +55,21 @@ class UpstreamMetrics:
             self._retries[reason] = child
         child.inc()
 
-    def ejection(self) -> None:
+    def refused(self, kind: str) -> None:
+        """The mesh refused a call before or between tries (``circuit-open``, ``budget``...)."""
+        child = self._refusals.get(kind)
+        if child is None:
+            child = self._metrics.outbound_refusals.labels(
+                self._metrics.service, self.upstream, kind
+            )
+            self._refusals[kind] = child
+        child.inc()
+
+    def ejection(self, endpoint: str, seconds: float, failures: int) -> None:
+        """``endpoint`` (``host:port``) ejected for ``seconds`` after ``failures`` failed tries."""
         if self._ejections is None:
             self._ejections = self._metrics.outbound_ejections.labels(
                 self._metrics.service, self.upstream
             )
         self._ejections.inc()
+        self._metrics.record_ejection(self.upstream, endpoint, seconds, failures)

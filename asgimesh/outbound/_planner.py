@@ -19,7 +19,7 @@ from .._context import current_context
 from .._runtime import MeshRuntime
 from ..policy import PolicySnapshot
 from ._call import Call
-from ._compile import CompiledPolicy, compile_policy
+from ._compile import CompiledPolicy, HeaderLookup, compile_policy
 from ._metrics import UpstreamMetrics
 from ._traffic import choose_backend, draw_fault
 from ._upstream import Upstream
@@ -72,17 +72,26 @@ class CallPlanner:
             del self.upstreams[name]
         self._compiled, self._snapshot = compiled, snapshot
 
-    def plan(self, method: str, host: str, path: str, *, replayable: bool) -> Call | None:
+    def plan(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        *,
+        replayable: bool,
+        header: HeaderLookup | None = None,
+        query: bytes | str = b"",
+    ) -> Call | None:
         """The call to ``host`` (lower case, as httpx gives it) if it names a mesh service,
-        else ``None`` (pass-through)."""
+        else ``None`` (pass-through). ``header`` and ``query`` serve routes that match on them."""
         if self._on_request is not None:
             self._on_request()  # serverless policy refresh: starts one if due, never waits
         compiled = self.compiled()
         routes = compiled.services.get(host)
         if routes is None:
             return None
-        config = routes.config_for(method, path)
-        backend = routes.name
+        config = routes.config_for(method, path, header, query)
+        backend = config.service or routes.name
         if config.split:
             backend = choose_backend(backend, config.split, self.rng)
         delay, abort = (0.0, None) if config.fault is None else draw_fault(config.fault, self.rng)

@@ -40,6 +40,9 @@ class URLLike(Protocol):
     @property
     def path(self) -> str: ...
 
+    @property
+    def query(self) -> bytes: ...
+
 
 class HeadersLike(Protocol):
     @property

@@ -118,6 +118,7 @@ class _Shell(Generic[Req, Resp]):
         return error
 
     def _no_identity(self, call: Call, request: Req, waited: float) -> Exception:
+        call.upstream.metrics.refused("identity")
         call.abandoned(self._planner.clock())
         message = (
             f"mesh service {call.upstream.name!r}: no certificate of this service's own yet "
@@ -128,7 +129,12 @@ class _Shell(Generic[Req, Resp]):
     def _plan(self, request: Req) -> Call | None:
         url = request.url
         return self._planner.plan(
-            request.method, url.host, url.path, replayable=self._lib.replayable(request)
+            request.method,
+            url.host,
+            url.path,
+            replayable=self._lib.replayable(request),
+            header=request.headers.get,
+            query=url.query,
         )
 
     def _start(self, call: Call, request: Req) -> Step:

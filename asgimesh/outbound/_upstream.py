@@ -116,8 +116,10 @@ class Upstream:
         with self._lock:
             if endpoint.ejected_until:
                 return
+            failures = 1 if endpoint.probing else endpoint.failures + 1
             if record_failure(
                 endpoint, self.rules, now, len(self.endpoints), len(self.ejected)
             ):
                 self._regroup()
-                self.metrics.ejection()
+                where = f"{endpoint.host}:{endpoint.port}" if endpoint.port else endpoint.host
+                self.metrics.ejection(where, endpoint.ejected_until - now, failures)

@@ -23,9 +23,20 @@ from ._model import (
     Route,
     ServicePolicy,
     SplitTarget,
+    ValueMatch,
     parse_dns_target,
 )
-from ._signed import PolicyRecord, SignatureError, sign_policy, verify_policy
+from ._signed import (
+    PolicyRecord,
+    SignatureError,
+    StaleEnvelopeError,
+    VerifiedPolicy,
+    check_freshness,
+    sign_policy,
+    sign_record,
+    verify_envelope,
+    verify_policy,
+)
 from ._state import PolicySnapshot, PolicyStore, settings_layers
 
 __all__ = [
@@ -45,6 +56,10 @@ __all__ = [
     "ServicePolicy",
     "SignatureError",
     "SplitTarget",
+    "StaleEnvelopeError",
+    "ValueMatch",
+    "VerifiedPolicy",
+    "check_freshness",
     "format_for",
     "format_validation_error",
     "merge_layers",
@@ -54,6 +69,8 @@ __all__ = [
     "read_policy_file",
     "settings_layers",
     "sign_policy",
+    "sign_record",
     "validate_document",
+    "verify_envelope",
     "verify_policy",
 ]

@@ -114,21 +114,25 @@ def parse_document(text: str | bytes, fmt: str, source: str = "policy") -> dict[
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([f"(document): invalid YAML{where}: {problem}"], source) from None
+        # A reader error (a control character) has no mark but a two-line message.
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise PolicyError(
+            [_one_line(f"(document): invalid YAML{where}: {problem}")], source
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError([f"(document): invalid TOML: {exc}"], source) from None
+        raise PolicyError([_one_line(f"(document): invalid TOML: {exc}")], source) from None
     except RecursionError:
         raise PolicyError(["(document): nested too deeply"], source) from None
     except ValueError as exc:  # e.g. an integer longer than the interpreter converts
         raise PolicyError([f"(document): {str(exc)[:120]}"], source) from None
-    if data is None:
-        data = {}
+    if data is None and fmt == "yaml":
+        data = {}  # an empty YAML file (or one of comments only) is an empty policy
     _refuse_surrogates(data, source)
     if not isinstance(data, dict):
-        raise PolicyError(
-            [f"(document): expected a mapping at the top, got {type(data).__name__}"], source
-        )
+        # JSON's ``null`` included: a script that PUTs the output of a failed ``jq`` must not
+        # replace the whole policy (its authorization rules among it) with an empty one.
+        kind = "null" if data is None else type(data).__name__
+        raise PolicyError([f"(document): expected a mapping at the top, got {kind}"], source)
     return data
 
 
@@ -166,8 +170,29 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: The longest refusal line: a key or value of a megabyte must not make a megabyte log line.
+MAX_PROBLEM = 500
+
+
+def _key(part: str) -> str:
+    """A path segment as written, unless it could mislead a reader of the log: a key with a
+    line break, a control character or a space, or a very long one, is shown quoted (escaped
+    and shortened) rather than raw."""
+    if part and len(part) <= 64 and part.isprintable() and " " not in part:
+        return part
+    return _show(part)
+
+
+def _one_line(text: str) -> str:
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= MAX_PROBLEM else text[: MAX_PROBLEM - 3] + "..."
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
-    """One ``path: problem`` line per error, the path dotted as the document spells it."""
+    """One ``path: problem`` line per error, the path dotted as the document spells it.
+
+    Each line is one line and bounded (:data:`MAX_PROBLEM`), whatever keys and values the
+    document holds: refusals end up in logs and in the control plane's answers."""
     problems = []
     for error in exc.errors(include_url=False):
         loc = [
@@ -179,7 +204,7 @@ def format_validation_error(exc: ValidationError) -> list[str]:
             for part in loc
             if not part.startswith(("literal[", "constrained-")) and part not in ("int", "str")
         ]
-        path = ".".join(loc) or "(document)"
+        path = ".".join(_key(part) for part in loc) or "(document)"
         kind = error["type"]
         value = error.get("input")
         message = str(error["msg"]).removeprefix("Value error, ")
@@ -196,7 +221,7 @@ def format_validation_error(exc: ValidationError) -> list[str]:
                 "expected input should be ", "expected "
             )
             message += f", got {_show(value)}"
-        problems.append(f"{path}: {message}")
+        problems.append(_one_line(f"{path}: {message}"))
     # Unions report each branch; keep each line once, in order.
     return list(dict.fromkeys(problems))
 

@@ -12,13 +12,22 @@ folds into one concrete ``CallConfig`` per service and route.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from .._durations import parse_duration
-from .._wire import HTTP_METHODS
+from .._wire import HTTP_METHODS, SERVICE_NAME
 from ..identity import is_spiffe_id
 
 __all__ = [
@@ -43,6 +52,7 @@ __all__ = [
     "RouteMatch",
     "ServicePolicy",
     "SplitTarget",
+    "ValueMatch",
     "parse_dns_target",
 ]
 
@@ -189,13 +199,78 @@ def _check_split(split: tuple[SplitTarget, ...]) -> tuple[SplitTarget, ...]:
     return split
 
 
+#: Header names are HTTP tokens, matched without regard to case (kept lower case).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+#: Conditions one route may set on headers, and on query parameters.
+MAX_CONDITIONS = 16
+
+
+class ValueMatch(_Model):
+    """One condition on a header or query parameter: equal to ``exact``, starting with
+    ``prefix``, or ``present`` (``false``: absent). A bare string means ``exact``."""
+
+    exact: str | None = Field(default=None, max_length=1000)
+    prefix: str | None = Field(default=None, min_length=1, max_length=1000)
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ValueMatch:
+        given = [k for k in ("exact", "prefix", "present") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "expected exactly one of exact, prefix or present "
+                f"(or a string, for exact), got {', '.join(given) or 'none'}"
+            )
+        return self
+
+    def matches(self, value: str | None) -> bool:
+        if self.present is not None:
+            return (value is not None) is self.present
+        if value is None:
+            return False
+        if self.exact is not None:
+            return value == self.exact
+        assert self.prefix is not None
+        return value.startswith(self.prefix)
+
+
+def _value_match(value: object) -> object:
+    return {"exact": value} if isinstance(value, str) else value
+
+
+Condition = Annotated[ValueMatch, BeforeValidator(_value_match)]
+
+
+def _header_names(value: dict[str, ValueMatch]) -> dict[str, ValueMatch]:
+    lowered: dict[str, ValueMatch] = {}
+    for name, condition in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"expected header names of letters, digits and -, got {name[:100]!r}")
+        if name.lower() in lowered:
+            raise ValueError(f"expected each header once, got {name!r} twice (names ignore case)")
+        lowered[name.lower()] = condition
+    return lowered
+
+
 class RouteMatch(_Model):
     method: Method | None = None
     path: PathPattern | None = None
+    #: Request headers the call must carry (all of them): canaries by header, per-tenant routes.
+    headers: Annotated[
+        dict[str, Condition], AfterValidator(_header_names), Field(max_length=MAX_CONDITIONS)
+    ] = {}
+    #: Query parameters the URL must carry (all of them; the first value of each counts).
+    query: Annotated[
+        dict[Annotated[str, Field(min_length=1, max_length=100)], Condition],
+        Field(max_length=MAX_CONDITIONS),
+    ] = {}
 
 
 class Route(_Model):
     match: RouteMatch = RouteMatch()
+    #: Send matching calls to this service instead (its endpoints, balancer and outlier
+    #: state; this route's timeouts and retries). A split on the route divides them further.
+    service: str | None = Field(default=None, pattern=f"^{SERVICE_NAME}$")
     timeout: Duration | None = None
     per_try_timeout: Duration | None = None
     retries: RetriesOverride | None = None

@@ -7,10 +7,14 @@ app's own metrics out of ``/_mesh/metrics`` unless it asks for them.
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["CONTENT_TYPE", "MeshMetrics"]
+__all__ = ["CONTENT_TYPE", "Ejection", "MeshMetrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -32,6 +36,24 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+
+
+#: Ejections remembered for reports (the latest; older ones are only counted).
+MAX_RECENT_EJECTIONS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """One endpoint taken out by outlier detection: what the dashboard says *why* with."""
+
+    upstream: str
+    #: ``host:port`` of the endpoint.
+    endpoint: str
+    #: Wall-clock time it was ejected (Unix seconds) and for how long.
+    at: float
+    seconds: float
+    #: Failed tries in a row that ejected it (1 for a probe that failed after a return).
+    failures: int
 
 
 class MeshMetrics:
@@ -71,6 +93,13 @@ class MeshMetrics:
         self.outbound_retries = Counter(
             "mesh_outbound_retries",
             "Outbound retries, by upstream and reason.",
+            ["service", "upstream", "reason"],
+            registry=r,
+        )
+        self.outbound_refusals = Counter(
+            "mesh_outbound_refusals",
+            "Outbound calls the mesh refused before or between tries, by upstream and reason "
+            "(circuit-open, budget, deadline, per-try, no-endpoints, plaintext, identity).",
             ["service", "upstream", "reason"],
             registry=r,
         )
@@ -117,9 +146,18 @@ class MeshMetrics:
             ["service", "reason"],
             registry=r,
         )
+        #: The latest ejections, newest last, for this instance's reports.
+        self.recent_ejections: deque[Ejection] = deque(maxlen=MAX_RECENT_EJECTIONS)
+        self._wall_clock = time.time
         # Pre-create the series every dashboard expects, so they read 0 rather than missing.
         self.policy_reloads.labels(service, "success")
         self.policy_reloads.labels(service, "failure")
+
+    def record_ejection(self, upstream: str, endpoint: str, seconds: float, failures: int) -> None:
+        """Remember an ejection (counted in ``mesh_outbound_ejections_total`` by the caller)."""
+        self.recent_ejections.append(
+            Ejection(upstream, endpoint, self._wall_clock(), seconds, failures)
+        )
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""

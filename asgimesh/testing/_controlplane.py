@@ -94,6 +94,7 @@ def control_plane(
     max_parked_polls: int = ControlPlaneConfig.max_parked_polls,
     max_parked_per_client: int = ControlPlaneConfig.max_parked_per_client,
     cert_lifetime: float = ControlPlaneConfig.cert_lifetime,
+    resign_every: float = ControlPlaneConfig.resign_every,
 ) -> Iterator[ControlPlaneHandle]:
     """Run a control plane (SQLite in a temp dir unless ``store`` says otherwise)."""
     token = admin_token or secrets.token_urlsafe(16)
@@ -112,6 +113,7 @@ def control_plane(
                 max_parked_polls=max_parked_polls,
                 max_parked_per_client=max_parked_per_client,
                 cert_lifetime=cert_lifetime,
+                resign_every=resign_every,
             )
         )
         server = stack.enter_context(serve_in_thread(app))

@@ -176,6 +176,17 @@ def test_token_create_and_status_table(cp) -> None:
         "success_rate": 0.98,
         "p50_ms": 2.5,
         "p99_ms": 12.0,
+        "outbound": {
+            "payments": {
+                "requests": 40,
+                "requests_per_second": 4.0,
+                "success_rate": 0.75,
+                "p50_ms": 3.0,
+                "p99_ms": 30.0,
+                "retries": {"503": 6},
+                "refusals": {"budget": 2},
+            }
+        },
     }
     sent = httpx.post(
         cp.url + "/v1/reports", json=report, headers={"authorization": f"Bearer {token}"}
@@ -196,6 +207,9 @@ def test_token_create_and_status_table(cp) -> None:
         "MS",
     ]
     assert row.split() == ["orders", "1", "0", "5.0", "98.00%", "2.5", "12.0"]
+    calls, edge = status.stdout.splitlines()[4:6]
+    assert calls.split()[:2] == ["CALLER", "CALLEE"]
+    assert edge.split() == ["orders", "payments", "4.0", "75.00%", "3.0", "30.0", "503:6", "budget:2"]
 
 
 def test_control_plane_refuses_a_bad_store_in_one_line(tmp_path: Path) -> None:
@@ -226,3 +240,42 @@ def test_control_plane_refuses_a_bad_cert_lifetime_in_one_line(tmp_path, value, 
     assert result.stderr.startswith("asgimesh: --cert-lifetime: ")
     assert why in result.stderr and value in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_stop_signal_answers_parked_polls_instead_of_cancelling_them(control_plane_process):
+    """Services park long polls on the control plane all the time; on SIGTERM they are
+    answered (304, or the stream ends) at once, so uvicorn's graceful shutdown does not run out
+    and cancel them with a traceback each (seen in the demo's log)."""
+    import signal
+    import threading
+    import time
+
+    server = control_plane_process.start()
+    admin = {"authorization": f"Bearer {control_plane_process.admin_token}"}
+    assert httpx.put(server.url + "/v1/policy", json={}, headers=admin).status_code == 200
+    ended: dict[str, tuple[int, float]] = {}
+
+    def poll(name: str, headers: dict[str, str]) -> None:
+        with httpx.Client(timeout=30) as client, client.stream(
+            "GET", server.url + "/v1/policy?after=1&wait=25", headers=headers
+        ) as answer:
+            answer.read()
+            ended[name] = (answer.status_code, time.monotonic())
+
+    polls = [
+        threading.Thread(target=poll, args=("plain", {})),
+        threading.Thread(target=poll, args=("stream", {"accept": "application/x-ndjson"})),
+    ]
+    for thread in polls:
+        thread.start()
+    time.sleep(1.0)  # both parked
+    assert not ended
+    stopped = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    for thread in polls:
+        thread.join(timeout=10)
+    assert server.proc.wait(timeout=10) is not None
+    assert ended["plain"][0] == 304 and ended["plain"][1] - stopped < 3
+    assert ended["stream"][0] == 304 and ended["stream"][1] - stopped < 3
+    output = server.output()
+    assert "Traceback" not in output and "graceful shutdown exceeded" not in output, output

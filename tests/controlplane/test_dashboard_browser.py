@@ -23,7 +23,7 @@ import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import ControlPlaneStarter, Etcd
+from tests.conftest import ControlPlaneStarter, Etcd, Spawner
 
 CHROMIUM = Path("/usr/bin/chromium")
 T = TypeVar("T")
@@ -81,8 +81,43 @@ class DevTools:
 
     def text(self, selector: str) -> str:
         expression = f"document.querySelector({json.dumps(selector)})?.textContent ?? ''"
+        return str(self.evaluate(expression))
+
+    def evaluate(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return str(result["result"]["value"])
+        return result["result"].get("value")
+
+    def attribute(self, selector: str, name: str) -> str:
+        expression = (
+            f"document.querySelector({json.dumps(selector)})?.getAttribute({json.dumps(name)})"
+            " ?? ''"
+        )
+        return str(self.evaluate(expression))
+
+    def click(self, selector: str) -> None:
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+
+    def type_into(self, selector: str, text: str) -> None:
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).value = {json.dumps(text)}")
+
+    def press(self, key: str, code: int) -> None:
+        """A real key press, as the keyboard sends it (focus moves, handlers run)."""
+        for kind in ("rawKeyDown", "keyUp"):
+            self.call(
+                "Input.dispatchKeyEvent",
+                type=kind,
+                key=key,
+                code=key,
+                windowsVirtualKeyCode=code,
+                nativeVirtualKeyCode=code,
+            )
+
+    def screenshot(self, path: Path) -> bytes:
+        self.call("Emulation.setDeviceMetricsOverride", width=1280, height=800,
+                  deviceScaleFactor=1, mobile=False)
+        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        path.write_bytes(data)
+        return data
 
 
 class Chromium:
@@ -210,7 +245,7 @@ class Page(HTMLParser):
         tags = [node.tag for node in self._open]
         for node in self._open:
             node.text += data
-        if "title" in tags:
+        if "title" in tags and "svg" not in tags:  # the page's, not an SVG element's tooltip
             self.title += data
         if ("td" in tags or "th" in tags) and self.rows and self.rows[-1].cells:
             self.rows[-1].cells[-1] += data
@@ -304,7 +339,7 @@ def test_dashboard_renders_services_instances_and_policy(
 
     current = page.row(**{"class": "instance", "data-instance": "pay-1"})
     assert current.cells[1] == "v2" and current.cells[2:6] == ["12.0", "100.00%", "3.2", "41.0"]
-    assert current.cells[6].endswith(" s ago")
+    assert current.cells[6:8] == ["0", "0"] and current.cells[8].endswith(" s ago")
     behind = page.row(**{"class": "instance behind", "data-instance": "pay-2"})
     assert behind.cells[1] == "v1behind"
 
@@ -384,3 +419,132 @@ def test_dashboard_keeps_the_last_data_while_the_control_plane_is_down(
         control_plane_process.start(port=cp.port, state_dir=tmp_path / "cp1")
         until(lambda: page.text("#status").startswith("live"), "the page live again")
         assert page.text(row) == "payments1 instance"
+
+
+# -- issue 9.4: the service graph, per-service figures, history, diff and rollback ------------
+
+
+def _calls(url: str, stop: Any, seen: list[int]) -> None:
+    """Frontend calling payments through the mesh, until ``stop`` is set."""
+    with httpx.Client(base_url=url, timeout=5) as http:
+        while not stop.is_set():
+            answer = http.get("/call", params={"to": "payments"}).json()
+            seen.append(int(answer.get("status", 0)))
+            time.sleep(0.02)
+
+
+def test_the_graph_shows_real_calls_and_a_fault_turns_the_edge_red(
+    control_plane_process: ControlPlaneStarter,
+    spawn: Spawner,
+    chromium: Chromium,
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    cp = control_plane_process.start()
+    env = {"MESH_CONFIG": f"{cp.url}?report=300ms"}
+    payments = spawn.uvicorn(
+        "tests.controlplane.edges_app:app",
+        env={**env, "MESH_SERVICE": "payments", "MESH_TOKEN": token(cp.url, "payments")},
+    )
+    routes = {"services": {"payments": {"endpoints": [payments.url]}}}
+    assert httpx.put(cp.url + "/v1/policy", json=routes, headers=ADMIN).status_code == 200
+    frontend = spawn.uvicorn(
+        "tests.controlplane.edges_app:app",
+        env={**env, "MESH_SERVICE": "frontend", "MESH_TOKEN": token(cp.url, "frontend")},
+    )
+    payments.wait_ready(path="/ok")
+    frontend.wait_ready(path="/ok")
+    stop, seen = threading.Event(), []
+    caller = threading.Thread(target=_calls, args=(frontend.url, stop, seen), daemon=True)
+    caller.start()
+    edge = "#graph g.edge[data-source=frontend][data-destination=payments]"
+    try:
+        with chromium.devtools() as page:
+            page.call("Page.navigate", url=cp.url + "/")
+            until(lambda: "ok" in page.attribute(edge, "class").split(), "a green edge")
+            nodes = page.evaluate(
+                "[...document.querySelectorAll('#graph g.node')].map(n => n.dataset.service)"
+            )
+            assert sorted(nodes) == ["frontend", "payments"]
+            # The figures on the edge are the reports' (the same roll-up the API serves).
+            api = httpx.get(cp.url + "/v1/services").json()
+            (row,) = [e for e in api["edges"] if e["source"] == "frontend"]
+            assert row["destination"] == "payments" and row["known"] and row["success_rate"] == 1
+            assert page.text(edge + " text.rate").endswith(" rps \u00b7 100.0%")
+            assert page.text(edge + " text.latency").startswith("p99 ")
+            # Instances by where they serve and their pid, not a random id.
+            names = page.evaluate(
+                "[...document.querySelectorAll('tr.instance td.name')].map(c => c.textContent)"
+            )
+            assert any(n.startswith(f"127.0.0.1:{payments.port} \u00b7 pid ") for n in names), names
+            ok_png = page.screenshot(tmp_path / "graph-healthy.png")
+            assert png_size_and_pixels(ok_png)[:2] == (1280, 800)
+
+            fault = {"endpoints": [payments.url], "fault": {"abort": {"percent": 100, "status": 503}}}
+            injected = {"services": {"payments": fault}}
+            started = time.monotonic()
+            assert httpx.put(cp.url + "/v1/policy", json=injected, headers=ADMIN).status_code == 200
+            until(lambda: "bad" in page.attribute(edge, "class").split(), "the edge turning red")
+            assert time.monotonic() - started < 10
+            assert page.text("#version") == "v2"
+            assert "100.0%" not in page.text(edge + " text.rate")
+            page.screenshot(tmp_path / "graph-fault.png")
+    finally:
+        stop.set()
+        caller.join(timeout=10)
+    assert 200 in seen and 503 in seen
+
+
+def test_policy_history_diff_rollback_and_keyboard(
+    control_plane_process: ControlPlaneStarter, chromium: Chromium
+) -> None:
+    cp = control_plane_process.start()
+    first, second = {"defaults": {"timeout": "2s"}}, {"defaults": {"timeout": "750ms"}}
+    for document in (first, second):
+        assert httpx.put(cp.url + "/v1/policy", json=document, headers=ADMIN).status_code == 200
+    payments = token(cp.url, "payments")
+    report(cp.url, payments, service="payments", instance="p-1", policy_version=2)
+    admin = ControlPlaneStarter.admin_token
+    with chromium.devtools() as page:
+        page.call("Page.navigate", url=cp.url + "/")
+        until(lambda: page.text("#version") == "v2", "v2 on the page")
+
+        page.type_into("#token", "not-the-token")
+        page.click("#load-history")
+        refused = until(lambda: "refused" in (t := page.text("#history-message")) and t, "401")
+        assert "401" in refused
+
+        page.type_into("#token", admin)
+        page.click("#load-history")
+        until(lambda: page.text("#history-message") == "2 versions kept", "the history")
+        assert page.evaluate("document.querySelector('#from').value") == "1"
+        assert page.evaluate("document.querySelector('#to').value") == "2"
+        lines = page.evaluate("[...document.querySelectorAll('#diff span')].map(s => s.textContent)")
+        assert '-     "timeout": "2s"' in lines and '+     "timeout": "750ms"' in lines, lines
+        assert page.text("#diff-summary") == "v1 \u2192 v2: 2 changed lines"
+        # The token is in the page's memory only: not in the form, the DOM or storage.
+        kept = page.evaluate(
+            "document.documentElement.outerHTML + JSON.stringify(localStorage) +"
+            " JSON.stringify(sessionStorage) + document.querySelector('#token').value"
+        )
+        assert admin not in kept
+
+        assert page.text("#rollback") == "Roll back to v1"
+        page.click("#rollback")
+        until(lambda: page.text("#version") == "v3", "the rollback's new version")
+        assert page.text("#history-message") == "rolled back: v3 is v1's document"
+        current = httpx.get(cp.url + "/v1/policy").json()
+        assert (current["version"], current["policy"]) == (3, first)
+        until(lambda: page.text("#history-message") == "3 versions kept", "the new history")
+
+        # The keyboard alone: Tab reaches the graph's node, Enter selects it, and the focus
+        # survives the page's next refresh.
+        page.evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
+        page.press("Tab", 9)
+        assert page.evaluate("document.activeElement.dataset.service") == "payments"
+        page.press("Enter", 13)
+        until(lambda: page.text("#details h3") == "payments", "the selected service")
+        assert page.attribute("#graph g.node", "aria-pressed") == "true"
+        time.sleep(2.5)  # one refresh re-draws the graph
+        assert page.evaluate("document.activeElement.dataset.service") == "payments"

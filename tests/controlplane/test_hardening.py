@@ -78,6 +78,11 @@ def report(**fields: Any) -> dict[str, Any]:
         ("instance", "i" * 201),
         ("instance", "tab\tin"),
         ("instance", "\ud800"),
+        ("denied", -1),
+        ("rate_limited", 10**400),
+        ("pid", 2**40),
+        ("address", "host with spaces:80"),
+        ("address", "a" * 101),
     ],
 )
 def test_report_fields_are_bounded(
@@ -92,6 +97,35 @@ def test_report_fields_are_bounded(
     assert refused["detail"].startswith(f"{field}: expected"), refused["detail"]
 
 
+def _upstreams(count: int) -> dict[str, Any]:
+    return {f"u-{n}": {"requests": 1} for n in range(count)}
+
+
+@pytest.mark.parametrize(
+    "outbound",
+    [
+        {"payments": {"requests_per_second": 1e308}},
+        {"payments": {"requests": 10**400}},
+        {"payments": {"p99_ms": -1}},
+        {"payments": {"retries": {"503": -1}}},
+        {"payments": {"retries": {"NOT A REASON": 1}}},
+        {"payments": {"refusals": {f"r{n}": 1 for n in range(17)}}},
+        {"bad name!": {"requests": 1}},
+        {"payments": {"ejected": [{"endpoint": "a b", "since": 1, "seconds": 1, "failures": 1}]}},
+        {"payments": {"ejected": [{"endpoint": "h:1", "since": 1e308, "seconds": 1, "failures": 1}]}},
+        {"payments": {"ejected": [{"endpoint": "h:1", "since": 1, "seconds": 1, "failures": 1}] * 17}},
+        _upstreams(65),
+        [1, 2],
+    ],
+)
+def test_report_edges_are_bounded(
+    http: httpx.Client, service: dict[str, str], outbound: object
+) -> None:
+    response = http.post("/v1/reports", json=report(outbound=outbound), headers=service)
+    refused = assert_refused(response, status=422)
+    assert refused["detail"].startswith("outbound"), refused["detail"]
+
+
 def test_two_instances_at_the_limits_still_roll_up(
     http: httpx.Client, service: dict[str, str]
 ) -> None:
@@ -103,12 +137,17 @@ def test_two_instances_at_the_limits_still_roll_up(
             "p50_ms": MAX_LATENCY_MS,
             "p99_ms": MAX_LATENCY_MS,
         }
-        posted = http.post("/v1/reports", json=report(instance=instance, **fields), headers=service)
+        edge = {**fields, "retries": {"503": MAX_REQUESTS}, "ejections": MAX_REQUESTS}
+        body = report(instance=instance, outbound={"ledger": edge}, **fields)
+        posted = http.post("/v1/reports", json=body, headers=service)
         assert posted.status_code == 200, posted.text
     services = http.get("/v1/services")
     assert services.status_code == 200, services.text
     (row,) = [s for s in services.json()["services"] if s["service"] == "payments"]
     assert row["requests_per_second"] == 2 * MAX_RATE
+    (edge_row,) = [e for e in services.json()["edges"] if e["source"] == "payments"]
+    assert edge_row["requests_per_second"] == 2 * MAX_RATE
+    assert edge_row["retries"] == {"503": 2 * MAX_REQUESTS}
 
 
 def test_the_roll_up_survives_any_stored_report(

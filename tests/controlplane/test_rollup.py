@@ -48,3 +48,57 @@ def test_roll_up_skips_what_no_report_may_hold() -> None:
     )
     assert [i["instance"] for i in rows[0]["instances"]] == ["4"]
     assert rows[0]["requests_per_second"] == 2.0
+
+
+def _edge(**fields: object) -> dict[str, object]:
+    return {"requests": 10, "requests_per_second": 1.0, "success_rate": 1.0, **fields}
+
+
+def test_edges_roll_up_per_caller_and_callee() -> None:
+    from asgimesh.controlplane._rollup import roll_up_edges
+
+    reports = [
+        {
+            "service": "frontend",
+            "instance": "f-1",
+            "policy_version": 1,
+            "outbound": {
+                "payments": _edge(
+                    requests=100, requests_per_second=10, success_rate=1.0, p50_ms=2, p99_ms=9,
+                    retries={"503": 2}, refusals={"budget": 1},
+                ),
+                "api.example.com": _edge(),
+            },
+        },
+        {
+            "service": "frontend",
+            "instance": "f-2",
+            "policy_version": 1,
+            "outbound": {
+                "payments": _edge(
+                    requests=300, requests_per_second=30, success_rate=0.5, p50_ms=3, p99_ms=40,
+                    retries={"503": 1, "connect": 4}, ejections=2,
+                )
+            },
+        },
+        {"service": "payments", "instance": "p-1", "policy_version": 1},
+        # One bad edge makes the whole report unreadable, as any other bad field does.
+        {
+            "service": "orders",
+            "instance": "o-1",
+            "policy_version": 1,
+            "outbound": {"payments": _edge(requests_per_second=1e308)},
+        },
+    ]
+    edges = roll_up_edges(reports)
+    assert [(e["source"], e["destination"], e["known"]) for e in edges] == [
+        ("frontend", "api.example.com", False),
+        ("frontend", "payments", True),
+    ]
+    pay = edges[1]
+    assert pay["instances"] == 2 and pay["requests"] == 400 and pay["requests_per_second"] == 40
+    assert pay["success_rate"] == pytest.approx(250 / 400)
+    assert (pay["p50_ms"], pay["p99_ms"]) == (3, 40)
+    assert pay["retries"] == {"503": 3, "connect": 4}
+    assert pay["ejections"] == 2 and pay["refusals"] == {"budget": 1}
+    assert roll_up_edges([]) == []

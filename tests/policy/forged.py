@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import datetime
+import time
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from asgimesh.identity import MeshCA
-from asgimesh.policy._signed import sign_policy
+from asgimesh.policy._signed import PolicyRecord, sign_policy, sign_record
 
 
-def signed(ca: MeshCA, version: int, policy: dict[str, Any]) -> dict[str, Any]:
-    """A genuine envelope, as the control plane signs it."""
+def signed(
+    ca: MeshCA, version: int, policy: dict[str, Any], *, at: float | None = None
+) -> dict[str, Any]:
+    """A genuine envelope, as the control plane signs it ``at`` (default: now)."""
+    record = PolicyRecord(version, policy, "", ca.signer_pem().decode(), 0.0)
+    return sign_record(ca.signing_key, record, time.time() if at is None else at).envelope()
+
+
+def legacy_signed(ca: MeshCA, version: int, policy: dict[str, Any]) -> dict[str, Any]:
+    """A genuine envelope of a control plane of an earlier release: no signing time."""
     return {
         "version": version,
         "policy": policy,

@@ -96,6 +96,8 @@ def test_every_problem_listed_by_path() -> None:
         ("a: [", "yaml", "(document): invalid YAML at line 1 column 5"),
         ("a = ", "toml", "(document): invalid TOML"),
         ("[1, 2]", "json", "(document): expected a mapping at the top, got list"),
+        # Found by the randomized PUTs: JSON null was taken for an empty policy.
+        ("null", "json", "(document): expected a mapping at the top, got null"),
         (b"\xff\xfe", "json", "(document): expected UTF-8 text"),
         ('{"version": 2}', "json", "version: expected one of 1, got 2"),
     ],

@@ -1,4 +1,6 @@
 import math
+import os
+from typing import Any
 
 import pytest
 
@@ -64,3 +66,88 @@ def test_instance_names_say_which_process() -> None:
     default = InstanceReport(CollectorRegistry(), "payments")
     assert f"-{os.getpid()}-" in default.instance
     assert default.instance != InstanceReport(CollectorRegistry(), "payments").instance
+
+
+def _edge_metrics() -> tuple[MeshMetrics, Any, Any]:
+    from asgimesh.outbound._metrics import UpstreamMetrics
+
+    metrics = MeshMetrics("frontend")
+    return metrics, UpstreamMetrics(metrics, "payments"), UpstreamMetrics(metrics, "ledger")
+
+
+def test_reports_carry_each_edge_with_retries_ejections_and_refusals() -> None:
+    now, wall = [0.0], [1000.0]
+    metrics, payments, ledger = _edge_metrics()
+    metrics._wall_clock = lambda: wall[0]
+    report = InstanceReport(
+        metrics.registry,
+        "frontend",
+        instance="f-1",
+        clock=lambda: now[0],
+        ejections=metrics.recent_ejections,
+        wall_clock=lambda: wall[0],
+    )
+    for _ in range(8):
+        payments.request("GET", 200, 0.004)
+    payments.request("POST", 503, 0.004)
+    payments.request("GET", "error", 0.2)
+    payments.retry("503")
+    payments.retry("503")
+    payments.retry("connect")
+    ledger.ejection("127.0.0.1:9", 30.0, 5)
+    ledger.refused("circuit-open")
+    metrics.authz_denied.inc(3)
+    metrics.rate_limited.inc()
+    report.serving_on("127.0.0.1", 8003)
+    ledger.request("GET", "error", 0.0)
+    # An inbound request of another service in the same registry is not frontend's edge.
+    metrics.outbound_requests.labels("other", "payments", "GET", "200").inc(50)
+    now[0] += 10
+    wall[0] += 10
+    whole = report(3)
+    assert (whole["denied"], whole["rate_limited"], whole["address"]) == (3, 1, "127.0.0.1:8003")
+    assert whole["pid"] == os.getpid()
+    first = whole["outbound"]
+    assert list(first) == ["payments", "ledger"]  # the busiest first
+    pay = first["payments"]
+    assert (pay["requests"], pay["requests_per_second"]) == (10, 1.0)
+    assert pay["success_rate"] == pytest.approx(0.8)
+    assert pay["p50_ms"] == pytest.approx(5.0, rel=0.5) and pay["p99_ms"] > 100
+    assert pay["retries"] == {"503": 2, "connect": 1} and pay["refusals"] == {}
+    assert first["ledger"]["ejections"] == 1 and first["ledger"]["refusals"] == {"circuit-open": 1}
+    assert first["ledger"]["success_rate"] == 0.0
+    ejected = {"endpoint": "127.0.0.1:9", "since": 1000.0, "seconds": 30.0, "failures": 5}
+    assert first["ledger"]["ejected"] == [ejected] and first["payments"]["ejected"] == []
+
+    payments.request("GET", 200, 0.001)
+    now[0] += 5
+    wall[0] += 25  # 35 s after the ejection: its 30 s are over
+    second = report(3)["outbound"]
+    assert second["payments"]["requests"] == 1 and second["payments"]["retries"] == {}
+    # Idle since the last report: the edge stays, at zero, so the graph does not flicker.
+    assert second["ledger"] == {
+        "requests": 0,
+        "requests_per_second": 0.0,
+        "success_rate": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "retries": {},
+        "ejections": 0,
+        "refusals": {},
+        "ejected": [],
+    }
+
+
+def test_a_report_names_at_most_the_64_busiest_upstreams() -> None:
+    from asgimesh.outbound._metrics import UpstreamMetrics
+    from asgimesh.telemetry._summary import MAX_UPSTREAMS_PER_REPORT
+
+    metrics = MeshMetrics("frontend")
+    report = InstanceReport(metrics.registry, "frontend", clock=lambda: 1.0)
+    for index in range(MAX_UPSTREAMS_PER_REPORT + 10):
+        upstream = UpstreamMetrics(metrics, f"host-{index:03d}")
+        for _ in range(index):
+            upstream.request("GET", 200, 0.001)
+    outbound = report(1)["outbound"]
+    assert len(outbound) == MAX_UPSTREAMS_PER_REPORT
+    assert "host-073" in outbound and "host-000" not in outbound and "host-009" not in outbound

@@ -38,6 +38,10 @@ class Store(Protocol):
     async def append(self, make: Callable[[int], PolicyRecord]) -> PolicyRecord:
         """Store ``make(n)`` as version ``n``, the next free number, atomically."""
 
+    async def refresh(self, record: PolicyRecord) -> None:
+        """Replace the stored ``record.version`` (a version already stored) with ``record``: the
+        same version and document re-signed with a new signing time."""
+
     def follow(self, after: int) -> AsyncIterator[PolicyRecord]:
         """Versions newer than ``after`` as other writers store them; runs until cancelled."""
 

@@ -55,6 +55,11 @@ class EtcdStore(EtcdPolicyReader):
             await anyio.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # noqa: S311
         raise EtcdError("could not allocate a policy version after 100 attempts")
 
+    async def refresh(self, record: PolicyRecord) -> None:
+        """Rewrite the version's key. Watchers of the prefix see the write but take only
+        versions newer than theirs, so no one mistakes it for a new version."""
+        await self.etcd.put(self._version_key(record.version), record.to_json())
+
     async def put_token(self, digest: str, service: str) -> None:
         body = json.dumps({"service": service, "created": time.time()})
         await self.etcd.put(f"{self.prefix}/tokens/{digest}", body)

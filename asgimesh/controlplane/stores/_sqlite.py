@@ -117,6 +117,14 @@ class SQLiteStore:
 
         return await self._run(write)
 
+    async def refresh(self, record: PolicyRecord) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE policy_versions SET record = ? WHERE version = ?",
+                (record.to_json(), record.version),
+            )
+        )
+
     async def follow(self, after: int) -> AsyncIterator[PolicyRecord]:
         """One writer per file: nothing else writes, so there is nothing to follow."""
         await anyio.sleep_forever()

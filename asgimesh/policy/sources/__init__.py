@@ -85,4 +85,5 @@ def policy_source_for(
         bundle=bundle,
         reporter=reporter,
         verify=verify,
+        max_age=settings.policy_max_age or None,
     )

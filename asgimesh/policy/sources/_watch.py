@@ -19,6 +19,12 @@ The watermark (the ``after`` of the long poll) moves only when a version verifie
 a forged or broken envelope claiming a huge version is refused and changes nothing, and an
 answer that brings nothing new at once (a confused proxy) is backed off from, not spun on.
 
+Replays: a version no newer than the watermark is never applied, and a fresh process (watermark
+0) refuses a genuine envelope whose signing time is older than ``MESH_POLICY_MAX_AGE``
+(:func:`~asgimesh.policy._signed.check_freshness`), so an old, permissive version captured by a
+man in the middle cannot be served to it as current. The control plane re-signs its current
+version hourly; a re-signed copy of the version in force is not news and changes nothing.
+
 The source gets what it needs — the policy store, the options, the token and pinned bundle, and
 a callback that makes a report — not the runtime, so it stays testable on its own.
 """
@@ -42,7 +48,8 @@ from ..._backoff import ReconnectBackoff
 from ..._errors import PolicyError
 from ..._log import describe_error, get_logger
 from ...identity import load_bundle
-from .._signed import SignatureError, verify_policy
+from ...settings import DEFAULT_POLICY_MAX_AGE
+from .._signed import SignatureError, check_freshness, verify_envelope
 from .._state import PolicyStore
 from ._feeds import LONG_POLL, Feed, FeedUnavailableError, open_feed
 from ._url import SourceOptions
@@ -73,6 +80,8 @@ class ControlPlaneSource:
         bundle: list[x509.Certificate] | None = None,
         reporter: Reporter | None = None,
         verify: ssl.SSLContext | None = None,
+        max_age: float | None = DEFAULT_POLICY_MAX_AGE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.options = options
         self.name = options.name
@@ -84,6 +93,11 @@ class ControlPlaneSource:
         #: The TLS context for an https control plane, built once (pinned with MESH_CA).
         self._verify = verify
         self._signers: dict[bytes, ed25519.Ed25519PublicKey] = {}
+        #: Oldest signing time accepted, in seconds (``None``: any, and none at all), and the
+        #: wall clock it is measured with (injected by tests).
+        self._max_age = max_age
+        self._clock = clock
+        self._warned_untimed = False
         #: Newest version verified and applied: the long poll's ``after``.
         self.watermark = 0
         self._lock = threading.Lock()
@@ -95,7 +109,7 @@ class ControlPlaneSource:
         self._refreshing = False
         #: Envelopes already refused (version and signature), so that one offered again (it
         #: stays the latest until the control plane moves on) is not logged and counted again.
-        self._refused: collections.OrderedDict[tuple[object, object], None] = (
+        self._refused: collections.OrderedDict[tuple[object, ...], None] = (
             collections.OrderedDict()
         )
 
@@ -243,22 +257,35 @@ class ControlPlaneSource:
         claimed = envelope.get("version")
         if isinstance(claimed, int) and claimed <= self.watermark:
             return False
-        key = (claimed, envelope.get("signature"))
+        key = (claimed, envelope.get("signature"), envelope.get("signature_v2"))
         if key in self._refused:
             return False
         try:
-            version, policy = verify_policy(
+            verified = verify_envelope(
                 envelope,
                 self._bundle,
                 trust_domain=self._trust_domain,
                 trusted_signers=self._signers,
             )
+            check_freshness(
+                verified.version, verified.signed_at, now=self._clock(), max_age=self._max_age
+            )
         except SignatureError as exc:
             self._remember_refusal(key)
             self._policy.refused(PolicyError([f"signature: {exc}"], source=self.name))
             return False
+        version = verified.version
+        if verified.signed_at is None and not self._warned_untimed:
+            self._warned_untimed = True
+            log.warning(
+                "policy_signing_time_missing",
+                source=self.name,
+                version=version,
+                advice="upgrade the control plane: without a signing time an old envelope can "
+                "be replayed; accepted because MESH_POLICY_MAX_AGE=0",
+            )
         try:
-            snapshot = self._policy.apply(policy, source=self.name, version=version)
+            snapshot = self._policy.apply(verified.policy, source=self.name, version=version)
         except PolicyError:
             self._remember_refusal(key)
             return False  # the store's failure listeners logged and counted it
@@ -266,7 +293,7 @@ class ControlPlaneSource:
         log.info("policy_applied", source=self.name, version=snapshot.version)
         return True
 
-    def _remember_refusal(self, key: tuple[object, object]) -> None:
+    def _remember_refusal(self, key: tuple[object, ...]) -> None:
         self._refused[key] = None
         while len(self._refused) > _REFUSALS_KEPT:
             self._refused.popitem(last=False)

@@ -64,8 +64,13 @@ def install(app: FastAPI, *, runtime: MeshRuntime | None = None) -> FastAPI:
     return app
 
 
-def mesh_context() -> MeshContext | None:
-    """Dependency: the mesh context of the request being handled."""
+async def mesh_context() -> MeshContext | None:
+    """Dependency: the mesh context of the request being handled.
+
+    A coroutine, so FastAPI runs it on the request's own task: a plain function would be sent
+    to a worker thread for each request, a thread hop for one context-variable read, and the
+    idle worker would outlive the request (on Lambda, into the frozen sandbox).
+    """
     return current_context()
 
 

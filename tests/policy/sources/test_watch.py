@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from structlog.testing import capture_logs
 
 from asgimesh import PolicyError
 from asgimesh.identity import MeshCA, load_bundle
@@ -25,9 +26,10 @@ from asgimesh.policy import PolicyStore
 from asgimesh.policy.sources import ControlPlaneSource, parse_source_url
 from asgimesh.testing import serve_in_thread
 
-from ..forged import signed, workload_signed
+from ..forged import legacy_signed, signed, workload_signed
 
 TD = "mesh.local"
+DAY = 86400.0
 
 
 @dataclass
@@ -100,6 +102,14 @@ def watcher(
         source.close()
 
 
+class Applied:
+    """The snapshots a store made current, in order (its success listener)."""
+
+    def __init__(self, store: PolicyStore) -> None:
+        self.versions: list[int] = []
+        store.subscribe(lambda snapshot: self.versions.append(snapshot.version))
+
+
 def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,6 +130,20 @@ def test_a_refused_envelope_claiming_a_huge_version_does_not_freeze_updates(
     scripted.envelope = signed(ca, 2, {"defaults": {"timeout": "3s"}})
     assert _wait_for(lambda: store.current.version == 2, timeout=8.0)
     assert store.current.policy.defaults.timeout == 3.0 and source.watermark == 2
+
+
+def test_a_signed_but_invalid_version_claiming_a_huge_number_does_not_freeze_updates(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    """Genuinely signed, refused by validation: the watermark stays where it was too."""
+    scripted.envelope = signed(ca, 10**6, {"defaults": {"timeout": "fast"}})
+    source, store, refusals = watcher("?backoff_max=0.2s")
+    assert _wait_for(lambda: len(refusals) >= 1)
+    assert refusals[0].problems[0].startswith("defaults.timeout")
+    assert store.current.source is None and source.watermark == 0
+    scripted.envelope = signed(ca, 2, {"defaults": {"timeout": "3s"}})
+    assert _wait_for(lambda: store.current.version == 2, timeout=8.0)
+    assert source.watermark == 2 and len(refusals) == 1
 
 
 def test_a_server_answering_at_once_with_nothing_new_is_backed_off_from(
@@ -180,3 +204,98 @@ def test_reports_carry_what_the_reporter_makes_and_the_version_in_force(
         "instance": "orders-1",
         "policy_version": 3,
     }
+
+
+# -- replays (issue 12.4) --------------------------------------------------------------------
+
+
+def test_a_version_older_than_the_one_applied_is_never_applied(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    """A man in the middle replaying a genuine, recent but superseded version changes nothing."""
+    scripted.envelope = signed(ca, 5, {"defaults": {"timeout": "5s"}})
+    source, store, refusals = watcher("?backoff_max=0.2s")
+    assert _wait_for(lambda: store.current.version == 5)
+    applied = Applied(store)
+    scripted.envelope = signed(ca, 3, {"defaults": {"timeout": "60s"}})
+    served = scripted.requests
+    assert _wait_for(lambda: scripted.requests >= served + 3)
+    assert store.current.version == 5 and store.current.policy.defaults.timeout == 5.0
+    assert applied.versions == [] and source.watermark == 5 and refusals == []
+
+
+def test_a_fresh_service_refuses_an_old_genuine_envelope_and_keeps_its_policy(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    scripted.envelope = signed(ca, 2, {"defaults": {"timeout": "9s"}}, at=time.time() - 2 * DAY)
+    source, store, refusals = watcher("?backoff_max=0.2s", max_age=DAY)
+    assert _wait_for(lambda: scripted.requests >= 4)
+    assert store.current.source is None and source.watermark == 0
+    assert len(refusals) == 1, "offered again and again, refused (and logged) once"
+    (problem,) = refusals[0].problems
+    assert problem.startswith("signature: version 2 was signed at ")
+    assert "1d 23h 59m" in problem or "2d ago" in problem
+    assert "older than the policy max age of 1d" in problem
+
+
+def test_the_same_version_re_signed_is_accepted_by_a_fresh_service(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    """The control plane re-signs its current version: a fresh copy of a document stored long
+    ago is current, and applies."""
+    policy = {"defaults": {"timeout": "9s"}}
+    scripted.envelope = signed(ca, 2, policy, at=time.time() - 2 * DAY)
+    _, store, refusals = watcher("?backoff_max=0.2s", max_age=DAY)
+    assert _wait_for(lambda: len(refusals) == 1)
+    scripted.envelope = signed(ca, 2, policy)
+    assert _wait_for(lambda: store.current.version == 2)
+    assert store.current.policy.defaults.timeout == 9.0 and len(refusals) == 1
+
+
+def test_a_re_signed_copy_of_the_version_in_force_changes_nothing(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    policy = {"defaults": {"timeout": "4s"}}
+    scripted.envelope = signed(ca, 4, policy, at=time.time() - 3600)
+    _, store, refusals = watcher("?backoff_max=0.2s", max_age=DAY)
+    assert _wait_for(lambda: store.current.version == 4)
+    in_force = store.current
+    applied = Applied(store)
+    scripted.envelope = signed(ca, 4, policy)
+    served = scripted.requests
+    assert _wait_for(lambda: scripted.requests >= served + 3)
+    assert store.current is in_force and applied.versions == [] and refusals == []
+
+
+def test_a_signing_time_ahead_of_the_clock_by_more_than_the_skew_is_refused(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    now = 1_800_000_000.0
+    scripted.envelope = signed(ca, 2, {"defaults": {"timeout": "2s"}}, at=now + 3600)
+    _, store, refusals = watcher(max_age=DAY, clock=lambda: now)
+    assert _wait_for(lambda: len(refusals) == 1)
+    assert "1h in the future" in refusals[0].problems[0] and store.current.source is None
+
+
+def test_an_envelope_of_an_earlier_control_plane_is_refused_while_a_max_age_is_set(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    scripted.envelope = legacy_signed(ca, 2, {"defaults": {"timeout": "2s"}})
+    _, store, refusals = watcher()  # the default max age
+    assert _wait_for(lambda: len(refusals) == 1)
+    assert "carries no signing time" in refusals[0].problems[0]
+    assert "MESH_POLICY_MAX_AGE=0" in refusals[0].problems[0]
+    assert store.current.source is None
+
+
+def test_without_a_max_age_an_untimed_envelope_applies_with_one_warning(
+    scripted: ScriptedControlPlane, ca: MeshCA, watcher: Any
+) -> None:
+    scripted.envelope = legacy_signed(ca, 2, {"defaults": {"timeout": "2s"}})
+    with capture_logs() as logs:
+        _, store, refusals = watcher("?backoff_max=0.2s", max_age=None)
+        assert _wait_for(lambda: store.current.version == 2)
+        scripted.envelope = legacy_signed(ca, 3, {"defaults": {"timeout": "3s"}})
+        assert _wait_for(lambda: store.current.version == 3)
+    warnings = [e for e in logs if e["event"] == "policy_signing_time_missing"]
+    assert len(warnings) == 1 and warnings[0]["version"] == 2 and refusals == []
