@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,17 +24,22 @@ import anyio
 import httpx
 
 from ._backoff import ReconnectBackoff
-from ._log import describe_error, get_logger
+from ._etcd_access import EtcdAccess, EtcdAccessError
+from ._etcd_errors import EtcdError, EtcdRefusedError, answer_error, tls_refusal
+from ._log import bounded, describe_error, get_logger
 from ._ssl import tls_context
 from .policy._signed import PolicyRecord
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdPolicyReader", "prefix_end"]
+__all__ = [
+    "EtcdAccess",
+    "EtcdClient",
+    "EtcdError",
+    "EtcdPolicyReader",
+    "EtcdRefusedError",
+    "prefix_end",
+]
 
 log = get_logger("asgimesh.etcd")
-
-
-class EtcdError(Exception):
-    """etcd answered, but not with success."""
 
 
 def _b64(data: str | bytes) -> str:
@@ -52,21 +58,99 @@ def prefix_end(prefix: str) -> str:
 
 
 class EtcdClient:
-    """The few gateway calls the mesh needs, each returning the decoded JSON answer."""
+    """The few gateway calls the mesh needs, each returning the decoded JSON answer.
 
-    def __init__(self, endpoint: str, *, timeout: float = 5.0) -> None:
-        self.endpoint = endpoint
-        self._http = httpx.AsyncClient(base_url=endpoint, timeout=timeout, verify=tls_context())
+    With a user, the first call authenticates (``/v3/auth/authenticate``) and every call sends
+    the token etcd gave as ``Authorization``; when etcd says the token is no longer good (it
+    lapsed: ``--auth-token-ttl``, or etcd restarted) the client authenticates again once and
+    repeats the call. A refused authentication is not retried before a backoff delay (0.5 s
+    to 30 s), so a wrong password costs etcd one attempt per delay, not one per call.
+    """
+
+    def __init__(self, endpoint: str | EtcdAccess, *, timeout: float = 5.0) -> None:
+        self.access = endpoint if isinstance(endpoint, EtcdAccess) else EtcdAccess(endpoint)
+        self.endpoint = self.access.endpoint
+        #: A TLS file that stopped loading since start: every call says so (as a refusal).
+        self._broken: EtcdRefusedError | None = None
+        try:
+            verify = self.access.ssl_context()
+        except EtcdAccessError as exc:
+            self._broken = EtcdRefusedError(f"etcd at {self.endpoint}: {exc}")
+            verify = tls_context()
+        self._http = httpx.AsyncClient(base_url=self.endpoint, timeout=timeout, verify=verify)
+        self._token: str | None = None
+        self._auth_backoff = ReconnectBackoff(1.0, 30.0)
+        self._auth_retry_at = 0.0
+        self._auth_refusal: EtcdRefusedError | None = None
+
+    def __repr__(self) -> str:
+        return f"EtcdClient({self.endpoint!r}, user={self.access.user!r})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._http.post(path, json=body)
+        response = await self._post(path, body, await self._auth_headers())
+        if response.status_code == 401 and self.access.user is not None:
+            self._token = None  # lapsed: one new token, one more try
+            response = await self._post(path, body, await self._auth_headers())
         if response.status_code != 200:
-            raise EtcdError(f"etcd {path}: HTTP {response.status_code}: {response.text[:200]}")
+            raise answer_error(self.access, path, response)
         data: dict[str, Any] = response.json()
         return data
+
+    async def _post(
+        self, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> httpx.Response:
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return await self._http.post(path, json=body, headers=headers)
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            # A refused client certificate shows on the first read (TLS 1.3), and the
+            # ssl.SSLError of that read reaches us unwrapped.
+            refused = tls_refusal(self.access, exc)
+            if refused is not None:
+                raise refused from None
+            raise
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self.access.user is None:
+            return {}
+        if self._token is None:
+            self._token = await self._authenticate()
+        return {"authorization": self._token}
+
+    async def _authenticate(self) -> str:
+        if self._auth_refusal is not None and time.monotonic() < self._auth_retry_at:
+            # A new exception each time: raising one object again would grow its traceback.
+            raise EtcdRefusedError(str(self._auth_refusal))
+        try:
+            password = self.access.read_password()
+        except EtcdAccessError as exc:
+            raise self._refused(EtcdRefusedError(f"etcd at {self.endpoint}: {exc}")) from None
+        body = {"name": self.access.user, "password": password or ""}
+        response = await self._post("/v3/auth/authenticate", body, {})
+        if response.status_code != 200:
+            raise self._refused(answer_error(self.access, "/v3/auth/authenticate", response))
+        token = response.json().get("token")
+        if not isinstance(token, str) or not token:
+            raise self._refused(
+                EtcdRefusedError(
+                    f"etcd at {self.endpoint} answered the authentication without a token: "
+                    "is auth enabled there (etcdctl auth enable)?"
+                )
+            )
+        self._auth_refusal = None
+        self._auth_backoff.reset()
+        return token
+
+    def _refused(self, error: EtcdError) -> EtcdError:
+        if isinstance(error, EtcdRefusedError):
+            self._auth_refusal = error
+            # At least half a second apart, whatever the jitter draws.
+            self._auth_retry_at = time.monotonic() + max(0.5, self._auth_backoff.next_delay())
+        return error
 
     async def range(
         self,
@@ -137,20 +221,44 @@ class EtcdClient:
             }
         }
         timeout = httpx.Timeout(5.0, read=None)
-        async with self._http.stream("POST", "/v3/watch", json=body, timeout=timeout) as response:
-            if response.status_code != 200:
-                raise EtcdError(f"etcd watch: HTTP {response.status_code}")
-            async for line in response.aiter_lines():
-                if not line.strip():
+        headers = await self._auth_headers()
+        if self._broken is not None:
+            raise self._broken
+        try:
+            async with self._http.stream(
+                "POST", "/v3/watch", json=body, timeout=timeout, headers=headers
+            ) as response:
+                if response.status_code == 401:
+                    self._token = None  # the next call authenticates again
+                if response.status_code != 200:
+                    await response.aread()
+                    raise answer_error(self.access, "/v3/watch", response)
+                async for item in self._events(response):
+                    yield item
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            # A refused client certificate shows on the first read (TLS 1.3), and the
+            # ssl.SSLError of that read reaches us unwrapped.
+            refused = tls_refusal(self.access, exc)
+            if refused is not None:
+                raise refused from None
+            raise
+
+    @staticmethod
+    async def _events(response: httpx.Response) -> AsyncIterator[tuple[str, bytes]]:
+        async for line in response.aiter_lines():
+            if not line.strip():
+                continue
+            answer = json.loads(line)
+            if "error" in answer:
+                raise EtcdError(f"etcd watch: {bounded(str(answer['error']))}")
+            result = answer.get("result", {})
+            if result.get("canceled"):
+                raise EtcdError(f"etcd watch canceled: {result.get('cancel_reason', '')}")
+            for event in result.get("events", []):
+                if event.get("type", "PUT") != "PUT":
                     continue
-                result = json.loads(line).get("result", {})
-                if result.get("canceled"):
-                    raise EtcdError(f"etcd watch canceled: {result.get('cancel_reason', '')}")
-                for event in result.get("events", []):
-                    if event.get("type", "PUT") != "PUT":
-                        continue
-                    kv = event["kv"]
-                    yield _unb64(kv["key"]).decode(), _unb64(kv.get("value", ""))
+                kv = event["kv"]
+                yield _unb64(kv["key"]).decode(), _unb64(kv.get("value", ""))
 
 
 class EtcdPolicyReader:
@@ -162,11 +270,12 @@ class EtcdPolicyReader:
     with the writes; a service's feed uses it as is.
     """
 
-    def __init__(self, endpoint: str, prefix: str = "/asgimesh") -> None:
+    def __init__(self, endpoint: str | EtcdAccess, prefix: str = "/asgimesh") -> None:
+        self.access = endpoint if isinstance(endpoint, EtcdAccess) else EtcdAccess(endpoint)
         self.prefix = prefix.rstrip("/")
-        self.endpoint = endpoint
-        self.description = f"etcd:{endpoint}{self.prefix}"
-        self.etcd = EtcdClient(endpoint)
+        self.endpoint = self.access.endpoint
+        self.description = f"etcd:{self.endpoint}{self.prefix}"
+        self.etcd = EtcdClient(self.access)
         self._versions = f"{self.prefix}/policy/v/"
 
     def _version_key(self, version: int) -> str:
@@ -176,7 +285,7 @@ class EtcdPolicyReader:
         """A fresh connection pool (so that a closed reader can be opened again); the first
         call connects."""
         await self.etcd.aclose()
-        self.etcd = EtcdClient(self.endpoint)
+        self.etcd = EtcdClient(self.access)
 
     async def close(self) -> None:
         await self.etcd.aclose()

@@ -111,11 +111,12 @@ def get_logger(name: str) -> MeshLogger:
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 _CUT_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*$")
-_AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic|token)(\s+|=)[^\s,;\"']+")
+_AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic|token|password)(\s+|=)[^\s,;&\"']+")
 
 
 def redact(text: str) -> str:
-    """``text`` with URL credentials and bearer/basic credentials replaced by ``<redacted>``."""
+    """``text`` with URL credentials, bearer/basic credentials and ``token=``/``password=``
+    values replaced by ``<redacted>``."""
     if "@" in text:
         text = _URL_CREDENTIALS.sub(r"\1<redacted>@", text)
     return _AUTH_VALUE.sub(r"\1\2<redacted>", text)

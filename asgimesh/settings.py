@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._durations import parse_duration
 from ._errors import ConfigError
+from ._log import redact
 from ._wire import is_service_name
 
 __all__ = ["MeshSettings", "parse_upstreams"]
@@ -124,15 +125,15 @@ class MeshSettings(BaseSettings):
         if value is None or value == "":
             return None
         scheme = urlsplit(value).scheme
-        if scheme in ("http", "https", "etcd"):
+        if scheme in ("http", "https", "etcd", "etcds"):
             if not urlsplit(value).hostname:
-                raise ValueError(f"expected a host in the URL, got {value!r}")
+                raise ValueError(f"expected a host in the URL, got {redact(value)!r}")
             return value
         if value.lower().endswith(_POLICY_SUFFIXES):
             return value
         raise ValueError(
             "expected a policy file (.yaml, .yml, .json, .toml), an http(s):// control plane "
-            f"URL or etcd://host:port[/prefix], got {value!r}"
+            f"URL or etcd(s)://host:port[/prefix], got {redact(value)!r}"
         )
 
     @field_validator("upstreams")
@@ -179,8 +180,10 @@ def _describe(exc: ValidationError) -> str:
         value = error.get("input")
         if field in ("token", "admin_token"):
             shown = "<redacted>"
+        elif isinstance(value, str):
+            shown = repr(redact(value))  # a URL's user:password@
         else:
-            shown = repr(value) if isinstance(value, str) else repr(str(value))
+            shown = repr(str(value))
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "literal_error":
             expected = error.get("ctx", {}).get("expected", "")

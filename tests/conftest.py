@@ -539,3 +539,223 @@ def https_server(spawn: Spawner) -> Callable[[Path, Path], ServerProcess]:
         return server
 
     return start
+
+
+# ---- etcd locked down: TLS, client certificates, user auth ---------------------------------------
+
+
+def _tls_files(directory: Path) -> dict[str, Path]:
+    """A throwaway CA, etcd's server certificate (127.0.0.1; client use too, since etcd's
+    gateway dials etcd with it), a client certificate without a Common Name (etcd's gateway
+    refuses one with a CN while auth is on) and a foreign CA that trusts nothing here."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    pem = serialization.Encoding.PEM
+
+    def ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        return key, cert
+
+    def leaf(issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], name: str,
+             server: bool) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)] if name else [])
+        builder = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(issuer[1].subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        sans: list[x509.GeneralName] = (
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            if server else [x509.UniformResourceIdentifier("spiffe://mesh.local/etcd-client")]
+        )
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=not name)
+        cert = builder.sign(issuer[0], hashes.SHA256())
+        key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cert.public_bytes(pem), key_pem
+
+    directory.mkdir(parents=True, exist_ok=True)
+    good, foreign = ca("etcd test CA"), ca("foreign CA")
+    files = {name: directory / f"{name}.pem" for name in
+             ("ca", "foreign-ca", "server", "server-key", "client", "client-key",
+              "foreign-client", "foreign-client-key")}
+    files["ca"].write_bytes(good[1].public_bytes(pem))
+    files["foreign-ca"].write_bytes(foreign[1].public_bytes(pem))
+    for name, issuer, server in (("server", good, True), ("client", good, False),
+                                 ("foreign-client", foreign, False)):
+        cert, key = leaf(issuer, "etcd" if server else "", server)
+        files[name].write_bytes(cert)
+        files[f"{name}-key"].write_bytes(key)
+        files[f"{name}-key"].chmod(0o600)
+    return files
+
+
+class SecureEtcd:
+    """A real etcd on loopback serving only HTTPS, requiring a client certificate from its CA
+    (``--client-cert-auth``) and with user auth on: ``root`` (every right, for tests to read
+    the whole keyspace) and ``mesh`` (read and write under ``/asgimesh`` and ``/t-*``, what the
+    control plane and services use). Tokens live ``token_ttl`` seconds, so that re-authenticating
+    is exercised."""
+
+    token_ttl = 3
+    root_password = "root-Pw-4e1d9"
+    mesh_password = "mesh-Pw-77c0a"
+    #: ``svc`` has only what docs/controlplane.md tells operators to give a service, on this
+    #: prefix: read the versions and the trust bundle, write reports.
+    service_prefix = "/t-cp"
+    svc_password = "svc-Pw-0b3f2"
+
+    def __init__(self, spawner: Spawner, directory: Path) -> None:
+        self._spawner = spawner
+        self.dir = directory
+        self.files = _tls_files(directory / "tls")
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.endpoint = f"https://127.0.0.1:{self.client_port}"
+        self.passwords = {}
+        for user, password in (("root", self.root_password), ("mesh", self.mesh_password),
+                               ("svc", self.svc_password)):
+            path = directory / f"{user}-password"
+            path.write_text(password + "\n")
+            path.chmod(0o600)
+            self.passwords[user] = path
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.process = spawner.start(
+            [
+                "etcd", "--name=secure", f"--data-dir={directory / 'data'}",
+                f"--listen-client-urls={self.endpoint}",
+                f"--advertise-client-urls={self.endpoint}",
+                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=secure={peer}",
+                f"--cert-file={self.files['server']}", f"--key-file={self.files['server-key']}",
+                "--client-cert-auth", f"--trusted-ca-file={self.files['ca']}",
+                f"--auth-token-ttl={self.token_ttl}", "--log-level=error",
+            ],
+            port=self.client_port,
+        )
+        self._enable_auth()
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        """An HTTPS client with the good client certificate (no credentials)."""
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.files["ca"]))
+        context.load_cert_chain(str(self.files["client"]), str(self.files["client-key"]))
+        return httpx.Client(base_url=self.endpoint, verify=context, timeout=10, **kwargs)
+
+    def _enable_auth(self) -> None:
+        import base64
+
+        def b64(text: str) -> str:
+            return base64.b64encode(text.encode()).decode()
+
+        deadline = time.monotonic() + 20
+        with self.client() as http:
+            while True:
+                try:
+                    http.get("/version").raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            calls: list[tuple[str, dict[str, object]]] = [
+                ("/v3/auth/user/add", {"name": "root", "password": self.root_password}),
+                ("/v3/auth/role/add", {"name": "root"}),
+                ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+                ("/v3/auth/user/add", {"name": "mesh", "password": self.mesh_password}),
+                ("/v3/auth/role/add", {"name": "mesh"}),
+                ("/v3/auth/user/grant", {"user": "mesh", "role": "mesh"}),
+            ]
+            for prefix, end in (("/asgimesh", "/asgimesi"), ("/t-", "/t."), ):
+                perm = {"permType": "READWRITE", "key": b64(prefix), "range_end": b64(end)}
+                calls.append(("/v3/auth/role/grant", {"name": "mesh", "perm": perm}))
+            calls += [
+                ("/v3/auth/user/add", {"name": "svc", "password": self.svc_password}),
+                ("/v3/auth/role/add", {"name": "svc"}),
+                ("/v3/auth/user/grant", {"user": "svc", "role": "svc"}),
+            ]
+            base = self.service_prefix
+            for perm_type, key, end in (
+                ("READ", f"{base}/policy/", f"{base}/policy0"),
+                ("READ", f"{base}/bootstrap/trust-bundle", None),
+                ("READWRITE", f"{base}/reports/", f"{base}/reports0"),
+            ):
+                perm = {"permType": perm_type, "key": b64(key)}
+                if end is not None:
+                    perm["range_end"] = b64(end)
+                calls.append(("/v3/auth/role/grant", {"name": "svc", "perm": perm}))
+            calls.append(("/v3/auth/enable", {}))
+            for path, body in calls:
+                http.post(path, json=body).raise_for_status()
+
+    def url(self, prefix: str = "/asgimesh", *, user: str | None = "mesh", tls: str = "good",
+            **params: str) -> str:
+        """``etcds://mesh@127.0.0.1:PORT/prefix?cacert=…&cert=…&key=…&password_file=…``;
+        ``tls="foreign"`` names the foreign CA and client certificate, ``"none"`` no client
+        certificate; ``params`` add or replace parameters."""
+        query: dict[str, str] = {"cacert": str(self.files["ca"])}
+        if tls == "good":
+            query |= {"cert": str(self.files["client"]), "key": str(self.files["client-key"])}
+        elif tls == "foreign":
+            query = {"cacert": str(self.files["foreign-ca"]),
+                     "cert": str(self.files["foreign-client"]),
+                     "key": str(self.files["foreign-client-key"])}
+        if user is not None:
+            query["password_file"] = str(self.passwords[user])
+        query |= params
+        who = f"{user}@" if user is not None else ""
+        encoded = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"etcds://{who}127.0.0.1:{self.client_port}{prefix}?{encoded}"
+
+    def read_all(self) -> dict[str, bytes]:
+        """Every key and value in etcd, read as ``root``."""
+        import base64
+
+        with self.client() as http:
+            token = http.post("/v3/auth/authenticate",
+                              json={"name": "root", "password": self.root_password}).json()["token"]
+            answer = http.post("/v3/kv/range", headers={"authorization": token},
+                               json={"key": "AA==", "range_end": "AA=="}).json()
+        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", ""))
+                for kv in answer.get("kvs", [])}
+
+    def put(self, key: str, value: bytes) -> None:
+        """Write ``key`` as ``root`` (a test playing someone who can write etcd)."""
+        import base64
+
+        with self.client() as http:
+            token = http.post("/v3/auth/authenticate",
+                              json={"name": "root", "password": self.root_password}).json()["token"]
+            http.post("/v3/kv/put", headers={"authorization": token},
+                      json={"key": base64.b64encode(key.encode()).decode(),
+                            "value": base64.b64encode(value).decode()}).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def secure_etcd(module_spawn: Spawner) -> SecureEtcd:
+    """One locked-down etcd per test module (tests keep to prefixes of their own)."""
+    import shutil
+
+    if shutil.which("etcd") is None:
+        pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
+    return SecureEtcd(module_spawn, module_spawn.tmp_path / "secure-etcd")

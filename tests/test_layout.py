@@ -28,6 +28,8 @@ DATA_PLANE_MODULES = (
     "_errors",
     "_log",
     "_etcd",
+    "_etcd_access",
+    "_etcd_errors",
     "_ssl",
     "_backoff",
     "_durations",

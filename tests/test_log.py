@@ -101,6 +101,11 @@ def test_describe_error_survives_a_broken_str() -> None:
         ("http://127.0.0.1:7070", "http://127.0.0.1:7070"),
         ("token=abc123 and basic Zm9vOmJhcg==", "token=<redacted> and basic <redacted>"),
         ("user@example.com wrote", "user@example.com wrote"),
+        (
+            "etcds://mesh:s3cret@10.0.0.1:2379/m?cacert=/ca.pem&password=s3cret&x=1",
+            "etcds://<redacted>@10.0.0.1:2379/m?cacert=/ca.pem&password=<redacted>&x=1",
+        ),
+        ("password_file=/run/secrets/etcd", "password_file=/run/secrets/etcd"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:

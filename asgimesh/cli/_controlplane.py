@@ -19,7 +19,8 @@ import anyio
 import httpx
 
 from .._durations import parse_duration
-from .._etcd import EtcdError
+from .._etcd import EtcdError, EtcdRefusedError
+from .._log import describe_error
 from ..controlplane.stores import Store, open_store
 from ._client import EXIT_UNREACHABLE, CommandFailedError, add_server_options, call, fail
 
@@ -35,15 +36,32 @@ def register(commands: Any) -> None:
         "control-plane",
         help="run the control plane (policy, tokens, trust bundle, dashboard)",
         description="Serve the mesh control plane. State lives in a SQLite file in --state-dir "
-        "unless --store etcd://host:port[/prefix] keeps it in etcd for several replicas.",
+        "unless --store etcd://host:port[/prefix] keeps it in etcd for several replicas. "
+        "Private keys stay in --state-dir files unless --key-encryption-key-file seals them "
+        "into etcd.",
     )
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=7070)
     server.add_argument(
         "--store",
         default="",
-        help="etcd://host:port[/prefix], sqlite:///path or a file path "
-        "(default: STATE_DIR/controlplane.db)",
+        help="etcd://host:port[/prefix], etcds://[USER@]host:port[/prefix]?cacert=F&cert=F"
+        "&key=F&password_file=F (TLS, client certificate, user auth), sqlite:///path or a "
+        "file path (default: STATE_DIR/controlplane.db)",
+    )
+    server.add_argument(
+        "--key-encryption-key-file",
+        type=Path,
+        default=None,
+        help="etcd store only: keep the private keys in etcd sealed (AES-256-GCM) with the 32 "
+        "random bytes in this file (raw, hex or base64; e.g. 'openssl rand -hex 32'), for "
+        "replicas that share them; default: the keys stay in --state-dir files",
+    )
+    server.add_argument(
+        "--migrate-keys",
+        action="store_true",
+        help="once: move private keys an older asgimesh kept in etcd in clear to --state-dir "
+        "(or sealed, with --key-encryption-key-file) and delete the clear copies",
     )
     server.add_argument(
         "--admin-token",
@@ -183,7 +201,7 @@ def control_plane_command(args: argparse.Namespace) -> int:
 
     from .._errors import ConfigError
     from .._logging import configure_logging, throttle_server_logs
-    from ..controlplane import ControlPlaneConfig, create_app
+    from ..controlplane import ControlPlaneConfig, KeyStoreError, create_app
     from ..identity import control_plane_id
 
     configure_logging(args.log_format)
@@ -210,11 +228,23 @@ def control_plane_command(args: argparse.Namespace) -> int:
         cert_lifetime=cert_lifetime,
         prometheus=prometheus,
         prometheus_window=args.prometheus_window,
+        key_encryption_key_file=args.key_encryption_key_file,
+        migrate_keys=args.migrate_keys,
     )
     app = create_app(config)
     problem = anyio.run(_probe_store, open_store(config.store, config.state_dir), store_wait)
     if problem:
         print(f"asgimesh: {problem}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    # The keys are loaded (or made, or migrated) now, so that a refusal is one line here
+    # rather than a traceback from the server's start-up; the server then loads the same.
+    try:
+        ca = anyio.run(_load_ca, open_store(config.store, config.state_dir), config)
+    except KeyStoreError as exc:
+        print(f"asgimesh: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, httpx.HTTPError, EtcdError, sqlite3.Error) as exc:
+        print(f"asgimesh: cannot load the mesh CA: {describe_error(exc)[1]}", file=sys.stderr)
         return EXIT_UNREACHABLE
     options: dict[str, Any] = {
         "host": args.host,
@@ -226,11 +256,6 @@ def control_plane_command(args: argparse.Namespace) -> int:
     }
     if not args.tls:
         return _serve(app, options)
-    try:
-        ca = anyio.run(_load_ca, open_store(config.store, config.state_dir), config)
-    except (OSError, ValueError, httpx.HTTPError, EtcdError, sqlite3.Error) as exc:
-        print(f"asgimesh: cannot load the mesh CA for --tls: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
     # uvicorn stops gracefully on SIGTERM, then raises it again: with the default handler the
     # process would end there, leaving the private key behind. This handler unwinds instead
     # (removing it), and the signal is raised again once the files are gone.
@@ -282,12 +307,20 @@ def _terminated(signum: int, frame: object) -> None:
 
 async def _load_ca(store: Store, config: ControlPlaneConfig) -> MeshCA:
     """The mesh CA the server is about to load (created now if there is none yet: the
-    server's start-up then loads the same one, from the state dir or the shared store)."""
-    from ..controlplane import load_keys
+    server's start-up then loads the same one, from the state dir or the shared store), and
+    the JWT key likewise."""
+    from ..controlplane import load_all_keys
 
     await store.open()
     try:
-        return await load_keys(store, config.state_dir, config.trust_domain)
+        ca, _ = await load_all_keys(
+            store,
+            config.state_dir,
+            config.trust_domain,
+            kek_file=config.key_encryption_key_file,
+            migrate=config.migrate_keys,
+        )
+        return ca
     finally:
         await store.close()
 
@@ -335,9 +368,11 @@ async def _probe_store(store: Store, patience: float = 10.0) -> str | None:
             finally:
                 await store.close()
             return None
+        except EtcdRefusedError as exc:
+            return f"cannot use the store {store.description}: {exc}"  # retrying will not help
         except (OSError, httpx.HTTPError, EtcdError, sqlite3.Error) as exc:
             if anyio.current_time() > deadline:
-                return f"cannot use the store {store.description}: {exc}"
+                return f"cannot use the store {store.description}: {describe_error(exc)[1]}"
             await anyio.sleep(0.5)
 
 

@@ -5,8 +5,16 @@ Only the server lives here: what a service runs to follow the control plane is i
 The stores (SQLite file or etcd) are in :mod:`asgimesh.controlplane.stores`.
 """
 
-from ._keys import load_keys
+from ._keys import KeyStoreError, load_all_keys, load_keys
 from ._prometheus import PROMETHEUS_WINDOW, QUERIES
 from ._server import ControlPlaneConfig, create_app
 
-__all__ = ["PROMETHEUS_WINDOW", "QUERIES", "ControlPlaneConfig", "create_app", "load_keys"]
+__all__ = [
+    "PROMETHEUS_WINDOW",
+    "QUERIES",
+    "ControlPlaneConfig",
+    "KeyStoreError",
+    "create_app",
+    "load_all_keys",
+    "load_keys",
+]

@@ -55,7 +55,7 @@ from ..policy import (
 from ._board import PollSlots, VersionBoard
 from ._dashboard import DASHBOARD_HEADERS, DASHBOARD_HTML
 from ._inputs import MAX_VERSION, ApiError, ApiJSONResponse, json_value, show, whole_number
-from ._keys import load_admin_token, load_jwt_issuer, load_keys
+from ._keys import load_admin_token, load_all_keys
 from ._prometheus import PrometheusError, PrometheusSource
 from ._rollup import Report, roll_up, roll_up_edges
 from .stores import PolicyRecord, Store, open_store
@@ -93,6 +93,11 @@ class ControlPlaneConfig:
     #: Lifetime of the workload certificates issued (services renew at half of it); at most
     #: the CA's cap of 24 h. Shorter narrows what a leaked key is worth, at more CSRs.
     cert_lifetime: float = WORKLOAD_LIFETIME.total_seconds()
+    #: A shared store (etcd) keeps the private keys sealed with the 32-byte key in this file
+    #: (AES-256-GCM), so that replicas share them; ``None``: they stay in ``state_dir`` files.
+    key_encryption_key_file: Path | None = None
+    #: Move private keys that an older version kept in the store in clear, then delete them.
+    migrate_keys: bool = False
     #: Read ``/v1/services`` figures from this Prometheus server (its base URL) instead of the
     #: instances' reports, with rates over ``prometheus_window`` (a PromQL duration).
     prometheus: str | None = None
@@ -159,9 +164,12 @@ class ControlPlane:
                 self.admin_token = await anyio.to_thread.run_sync(
                     load_admin_token, self.config.state_dir
                 )
-            self.ca = await load_keys(self.store, self.config.state_dir, self.config.trust_domain)
-            self.jwt = await load_jwt_issuer(
-                self.store, self.config.state_dir, self.config.trust_domain
+            self.ca, self.jwt = await load_all_keys(
+                self.store,
+                self.config.state_dir,
+                self.config.trust_domain,
+                kek_file=self.config.key_encryption_key_file,
+                migrate=self.config.migrate_keys,
             )
             self.board = VersionBoard()
             with contextlib.suppress(RuntimeError):  # not asyncio (trio): no early drain

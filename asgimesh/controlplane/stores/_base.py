@@ -1,5 +1,6 @@
 """What the control plane keeps, behind one small interface: policy versions, service tokens,
-instance reports and (for replicated stores) the key material the replicas share.
+instance reports and (for replicated stores) the public key material the replicas agree on
+and, sealed, the private keys they share (see :mod:`asgimesh.controlplane._keys`).
 
 Two implementations, in modules of their own that import only this one: the SQLite store (the
 default, a file, nothing to install) and the etcd store (several replicas on one etcd). Both
@@ -55,3 +56,9 @@ class Store(Protocol):
 
     async def bootstrap_secret(self, name: str, value: str) -> str:
         """Store ``value`` under ``name`` unless something is there; return what is stored."""
+
+    async def read_bootstrap(self, name: str) -> str | None:
+        """What :meth:`bootstrap_secret` stored under ``name``, if anything."""
+
+    async def delete_bootstrap(self, name: str) -> None:
+        """Forget ``name`` (a key moved elsewhere by ``--migrate-keys``)."""

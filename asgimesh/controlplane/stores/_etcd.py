@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from ..._etcd import EtcdError, EtcdPolicyReader
+from ..._etcd import EtcdAccess, EtcdError, EtcdPolicyReader
 from ...policy import PolicyRecord
 
 __all__ = ["EtcdStore"]
@@ -29,7 +29,7 @@ class EtcdStore(EtcdPolicyReader):
 
     shared = True
 
-    def __init__(self, endpoint: str, prefix: str = "/asgimesh") -> None:
+    def __init__(self, endpoint: str | EtcdAccess, prefix: str = "/asgimesh") -> None:
         super().__init__(endpoint, prefix)
         self._latest = f"{self.prefix}/policy/latest"
 
@@ -84,3 +84,6 @@ class EtcdStore(EtcdPolicyReader):
         await self.etcd.txn([self.etcd.unchanged_since(key, 0)], [(key, value)])
         kvs, _ = await self.etcd.range(key)
         return kvs[0][1].decode()
+
+    async def delete_bootstrap(self, name: str) -> None:
+        await self.etcd.delete(f"{self.prefix}/bootstrap/{name}")

@@ -172,3 +172,16 @@ class SQLiteStore:
             return str(stored)
 
         return await self._run(write)
+
+    async def read_bootstrap(self, name: str) -> str | None:
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(read)
+
+    async def delete_bootstrap(self, name: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM secrets WHERE name = ?", (name,))
+
+        await self._run(delete)

@@ -28,7 +28,7 @@ __all__ = [
     "policy_source_for",
 ]
 
-_REMOTE = ("http://", "https://", "etcd://")
+_REMOTE = ("http://", "https://", "etcd://", "etcds://")
 
 
 class PolicySource(Protocol):

@@ -177,7 +177,7 @@ class EtcdFeed:
     """Reads the versions the control plane stored in etcd, without a control plane between."""
 
     def __init__(self, options: SourceOptions) -> None:
-        self._etcd = EtcdPolicyReader(options.base_url, options.prefix)
+        self._etcd = EtcdPolicyReader(options.etcd or options.base_url, options.prefix)
 
     async def latest(self) -> dict[str, Any] | None:
         try:

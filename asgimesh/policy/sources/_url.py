@@ -1,4 +1,4 @@
-"""``MESH_CONFIG`` as a URL: a control plane (``http(s)://``) or etcd (``etcd://``), taken apart.
+"""``MESH_CONFIG`` as a URL: a control plane (``http(s)://``) or etcd (``etcd(s)://``), taken apart.
 
 Pure: parsing and naming only. Unknown parameters are refused by name, because a typo must not
 silently turn serverless mode off; names shown in logs and ``/_mesh/config`` never carry the
@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from ..._durations import parse_duration
 from ..._errors import ConfigError
+from ..._etcd_access import ETCD_PARAMETERS, ETCD_SCHEMES, EtcdAccess, EtcdAccessError, etcd_access
 from ..._log import redact
 
 __all__ = ["SourceOptions", "parse_source_url"]
@@ -27,6 +28,8 @@ class SourceOptions:
     kind: str  # "http" or "etcd"
     base_url: str  # the control plane URL, or the etcd gateway URL
     prefix: str = "/asgimesh"  # etcd only
+    #: etcd only: TLS files and user (``etcds://``); its ``repr`` hides the password.
+    etcd: EtcdAccess | None = None
     #: Serverless mode: refresh at most this often, from requests. ``None``: watch.
     refresh: float | None = None
     report_every: float = 10.0
@@ -44,15 +47,24 @@ class SourceOptions:
 
 
 def parse_source_url(url: str) -> SourceOptions:
-    """Parse ``http(s)://host:port[/path][?refresh=30s&report=10s]`` or ``etcd://host:port/p``."""
+    """Parse ``http(s)://host:port[/path][?refresh=30s&report=10s]`` or
+    ``etcd(s)://[user@]host:port/prefix[?cacert=…&cert=…&key=…&password_file=…]``."""
     shown = redact(url)
     parts = urlsplit(url)
     params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    access: EtcdAccess | None = None
+    prefix = "/asgimesh"
+    if parts.scheme in ETCD_SCHEMES:
+        try:
+            access, prefix = etcd_access(parts, params, f"MESH_CONFIG={shown!r}")
+        except EtcdAccessError as exc:
+            raise ConfigError(str(exc)) from None
     unknown = sorted(set(params) - set(_PARAMETERS))
     if unknown:
+        etcd = ", ".join(ETCD_PARAMETERS) + ", " if access is not None else ""
         raise ConfigError(
             f"MESH_CONFIG={shown!r}: unknown parameter {unknown[0]!r} "
-            "(expected refresh, report or backoff_max)"
+            f"(expected {etcd}refresh, report or backoff_max)"
         )
     durations: dict[str, float] = {}
     for name, value in params.items():
@@ -66,16 +78,13 @@ def parse_source_url(url: str) -> SourceOptions:
         "report_every": durations.get("report", 10.0) or 10.0,
         "backoff_max": durations.get("backoff_max", 5.0) or 5.0,
     }
-    if parts.scheme == "etcd":
-        if not parts.hostname or not parts.port:
-            raise ConfigError(f"MESH_CONFIG={shown!r}: expected etcd://host:port[/prefix]")
+    if access is not None:
         return SourceOptions(
-            kind="etcd",
-            base_url=f"http://{parts.hostname}:{parts.port}",
-            prefix=parts.path.rstrip("/") or "/asgimesh",
-            **common,
+            kind="etcd", base_url=access.endpoint, prefix=prefix, etcd=access, **common
         )
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"MESH_CONFIG={shown!r}: expected an http(s):// or etcd:// URL")
+        raise ConfigError(
+            f"MESH_CONFIG={shown!r}: expected an http(s)://, etcd:// or etcds:// URL"
+        )
     base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
     return SourceOptions(kind="http", base_url=base, **common)
