@@ -11,6 +11,7 @@ handshakes; the client certificate gunicorn verified reaches the middleware thro
 from __future__ import annotations
 
 import argparse
+import math
 import ssl
 import tempfile
 from typing import Any
@@ -68,7 +69,7 @@ def serve_wsgi(args: argparse.Namespace, runtime: Any) -> int:
         "loglevel": "warning",
         "accesslog": None,
         # On SIGTERM gunicorn stops accepting and lets requests in flight finish this long.
-        "graceful_timeout": args.grace,
+        "graceful_timeout": math.ceil(args.grace),
     }
     scheme = "http"
     if runtime.settings.mtls != "off":
