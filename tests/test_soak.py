@@ -7,7 +7,9 @@ etcd. A caller sends ``GET /`` to the frontend at a steady rate while, a quarter
 ``payments-1`` is killed (SIGKILL) and started again; at half way the control plane is stopped
 and started again; at three quarters etcd is. The caller's success rate must stay at or above
 99.9%, no service's memory may grow beyond a small bound once warmed up (RSS of each
-service's processes, sampled every two seconds), and no log may hold a traceback.
+service's processes, sampled every two seconds), and no log may hold a traceback. At the end
+a new policy version must reach every service (their watches survived both restarts) and the
+restarted replica must be charging again.
 
 ``test_soak_smoke`` runs it for ``SOAK_SMOKE_SECONDS`` (60 s) in the normal suite; the full soak
 is opt-in, marked ``soak`` (deselected by default)::
@@ -115,6 +117,33 @@ def _caller(url: str, stop: threading.Event, calls: Calls, started: float) -> No
                 calls.record(False, f"{at:.1f}s: {type(error).__name__}: {error}")
             next_call += interval
             stop.wait(max(0.0, next_call - time.monotonic()))
+
+
+def _wait_for_version(urls: dict[str, str], version: int, timeout: float) -> dict[str, float]:
+    """Seconds until each service's ``/_mesh/health`` shows policy ``version`` (missing: never,
+    within ``timeout``)."""
+    began = time.monotonic()
+    reached: dict[str, float] = {}
+    while len(reached) < len(urls) and time.monotonic() - began < timeout:
+        for name, base in urls.items():
+            if name not in reached:
+                try:
+                    health = httpx.get(base + "/_mesh/health", timeout=5).json()
+                except (httpx.HTTPError, ValueError):
+                    continue
+                if health.get("policy_version") == version:
+                    reached[name] = round(time.monotonic() - began, 2)
+        time.sleep(0.2)
+    return reached
+
+
+def _metric(base: str, name: str, label: str) -> float:
+    """The sum of a counter's samples with ``label`` in their labels, from ``/_mesh/metrics``."""
+    total = 0.0
+    for line in httpx.get(base + "/_mesh/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def _growth(samples: list[tuple[float, int]]) -> tuple[int, int, int] | None:
@@ -236,6 +265,14 @@ def soak(
         for thread in callers:
             thread.join(15)
 
+    # After all that, the mesh still follows its control plane: a new policy version reaches
+    # every service (their watches came back after the control plane's and etcd's restarts),
+    # and the restarted replica is back in orders' rotation.
+    version = httpx.put(
+        control.url + "/v1/policy", json=policy, headers=admin, timeout=10
+    ).json()["version"]
+    reached = _wait_for_version(url, version, timeout=60)
+    charges = _metric(url["payments-1"], "mesh_inbound_requests_total", 'method="POST"')
     logs = {spec.name: spec.process.output() for spec in services if spec.process is not None}
     memory = {}
     for spec in services:
@@ -254,6 +291,8 @@ def soak(
         "ok": calls.ok,
         "success_rate": calls.ok / total if total else 0.0,
         "failures": calls.failures,
+        "policy_reached": reached,
+        "charges_after_restart": charges,
         "events": events,
         "memory": memory,
         "tracebacks": [name for name, text in logs.items() if "Traceback" in text],
@@ -272,6 +311,8 @@ def _check(report: dict[str, object], name: str) -> None:
     assert len(report["events"]) == 3, report["events"]  # type: ignore[arg-type]
     assert report["success_rate"] >= 0.999, report["failures"]  # type: ignore[operator]
     assert not report["tracebacks"], report["logs"]
+    assert len(report["policy_reached"]) == 4, report["policy_reached"]  # type: ignore[arg-type]
+    assert report["charges_after_restart"] > 0  # type: ignore[operator]
     for service, figures in report["memory"].items():  # type: ignore[attr-defined]
         assert figures["end"] is not None, (service, figures)
         grown = figures["end"] - figures["steady_start"]

@@ -2,7 +2,8 @@
 WSGI twin under gunicorn, each behind the mesh with the features the fuzzer pokes at turned on
 (the policy comes from the ``MESH_*`` the test gives the process).
 
-Both answer every request that reaches them ``200`` with a body the test recognises:
+Both answer every request that reaches them ``200`` (the ASGI app closes every WebSocket
+handshake before accepting it) with a body the test recognises:
 ``app:<bytes of request body read>`` (``app:broken-body`` for a body that ended before its
 ``content-length``), ``app:secure:<bytes>`` under ``/secure`` (authorization
 lets only ``orders`` in, so the test can catch an identity it never proved), and under
@@ -73,6 +74,10 @@ _async_client = httpx.AsyncClient(transport=AsyncMeshTransport(), timeout=2.0)
 
 
 async def _asgi(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    if scope["type"] == "websocket":  # every handshake the mesh lets through is closed
+        await receive()
+        await send({"type": "websocket.close", "code": 1000})
+        return
     if scope["type"] != "http":
         return
     size = 0

@@ -3,9 +3,10 @@ over keep-alive connections, and the verdict on each answer.
 
 Everything an outsider controls is randomised: the method (odd tokens too), the target
 (percent-encoding, ``..``, very long, bytes that are not UTF-8, ``/_mesh/*`` look-alikes), the
-query string, the mesh's own headers (trace context, request id, the three deadline headers,
-``mesh-identity``, forwarded client certificates, ``authorization``), duplicates, huge values,
-control characters, and the body with its framing. Requests are plain bytes made by
+query string, the ``host``, the mesh's own headers (trace context, request id, the three
+deadline headers, ``mesh-identity``, forwarded client certificates, ``authorization``),
+duplicates, huge values, control characters, the body with its framing, and WebSocket
+handshakes. Requests are plain bytes made by
 :class:`RequestMaker` from one ``random.Random(seed)``: request ``i`` of a seed is always the
 same, so a failure names the seed and the index along with the bytes.
 
@@ -46,6 +47,12 @@ ORDERS = "spiffe://mesh.local/ns/default/sa/orders"
 
 _TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _HEX = "0123456789abcdef"
+#: Host headers (the server and the spans read them): ports that are no number, or too big.
+_HOSTS = (
+    "127.0.0.1:8000", "localhost", "[::1]:80", "[::1]", ":", "host:", ":80", "a:\u00b2",
+    "a:99999999999999999999", "a:65536", "a:-1", "\u00e9:80", "x" * 300, "a:b:c", "[::1]:x",
+    "a:\u00b9\u00b2", "a:0",
+)  # fmt: skip
 #: Bytes in a request head that some servers refuse: controls other than tab, and non-ASCII.
 _UNUSUAL = re.compile(rb"[\x00-\x08\x0a-\x0c\x0e-\x1f\x7f-\xff]")
 
@@ -75,6 +82,8 @@ class FuzzRequest:
     body_size: int | None = None
     #: Carries something that names ``orders`` in a header that may prove it.
     credentialed: bool = False
+    #: A WebSocket handshake (the app closes every one before accepting).
+    websocket: bool = False
     #: Something a server's parser may refuse before the mesh sees the request (bytes outside
     #: printable ASCII in the head, a line or head past common limits, no ``host``, framing that
     #: lies): the only requests that may go unanswered, when the server closes on them.
@@ -164,7 +173,20 @@ class RequestMaker:
             headers.append(("connection", rng.choice(("close", "keep-alive", "upgrade, x"))))
         if rng.random() < 0.03:
             headers.append(("expect", "100-continue"))
-        host = [("host", "127.0.0.1")] if rng.random() < 0.97 else []
+        websocket = rng.random() < 0.03
+        if websocket:  # a handshake: upgrades the connection, so alone
+            alone = True
+            method, body, framing = "GET", b"", []
+            key = base64.b64encode(rng.randbytes(16)).decode()
+            headers += [("upgrade", "websocket"), ("connection", "Upgrade"),
+                        ("sec-websocket-key", key), ("sec-websocket-version", "13")]  # fmt: skip
+        roll = rng.random()
+        if roll < 0.85:
+            host = [("host", "127.0.0.1")]
+        elif roll < 0.97:
+            host = [("host", rng.choice(_HOSTS))]
+        else:
+            host = []
         lines = [f"{method} {target} HTTP/1.1"]
         raw_headers = [*host, *headers, *framing]
         head = "\r\n".join(lines + [f"{n}: {v}" for n, v in raw_headers]) + "\r\n\r\n"
@@ -183,8 +205,9 @@ class RequestMaker:
             ),
             method=method,
             alone=alone,
-            body_size=honest,
+            body_size=None if websocket else honest,
             credentialed=credentialed,
+            websocket=websocket,
         )
         return request
 
@@ -420,10 +443,10 @@ async def _read_response(reader: asyncio.StreamReader, method: str) -> FuzzRespo
             if line:
                 name, _, value = line.partition(":")
                 headers.setdefault(name.strip().lower(), []).append(value.strip())
-        if 100 <= status < 200:
+        if 100 <= status < 200 and status != 101:
             continue
         try:
-            if method == "HEAD" or status in (204, 304):
+            if method == "HEAD" or status in (101, 204, 304):
                 body = b""
             elif "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
                 parts = []
@@ -462,12 +485,14 @@ async def run(
     depth: int = 16,
     window: int = 12_000,
     on_answer: Callable[[FuzzRequest, FuzzResponse], bool] | None = None,
+    keep_alive: bool = True,
     read_timeout: float = 20.0,
 ) -> FuzzRun:
     """Send every request in ``requests`` to ``127.0.0.1:port``, ``depth`` at a time pipelined on
     each of ``connections`` keep-alive connections (and no more than ``window`` bytes at a time:
     a server keeps the pipelined requests behind the one it is answering in a bounded buffer,
-    16 KiB in h11). ``on_answer(request, response)`` sees each
+    16 KiB in h11). Without ``keep_alive`` each batch has a connection of its own. A server
+    that has not answered for ``read_timeout`` seconds has its connection dropped. ``on_answer(request, response)`` sees each
     answer as it comes (the run keeps only what it returns true for: the failures)."""
     result = FuzzRun()
     retry: deque[FuzzRequest] = deque()
@@ -505,17 +530,17 @@ async def run(
         open): the requests left unanswered, and whether the server said it would close
         (else it closed, or reset, without an answer)."""
         alone = batch[-1].alone
-        if not kept or alone:
+        if not kept or alone or not keep_alive:
             result.connections += 1
             connection = list(await asyncio.open_connection("127.0.0.1", port, limit=1 << 20))
-            if not alone:
+            if not alone and keep_alive:
                 kept[:] = connection
         else:
             connection = kept
         reader, writer = connection
         pending = deque(batch)
         said_close = False
-        reusable = not alone
+        reusable = not alone and keep_alive
         try:
             writer.write(b"".join(r.raw for r in batch))
             with contextlib.suppress(ConnectionError):
@@ -585,6 +610,15 @@ async def run(
 def verdict(request: FuzzRequest, response: FuzzResponse) -> str | None:
     """Why this answer is wrong, or ``None`` when some party may give it."""
     status, body = response.status, response.body
+    if request.websocket:
+        # The app closes each handshake before accepting: the server answers 403 (or the mesh
+        # refuses it first, as JSON: checked below); a 101 would mean someone accepted it.
+        if status == 101:
+            return "a WebSocket handshake was accepted"
+        if status == 403 and response.header("x-request-id") is None and not (
+            (response.header("content-type") or "").startswith("application/json")
+        ):
+            return None
     is_json = (response.header("content-type") or "").startswith("application/json")
     head = request.method == "HEAD"
     if status >= 500 and status not in (503, 504):
