@@ -6,14 +6,16 @@ Everything an outsider controls is randomised: the method (odd tokens too), the 
 query string, the ``host``, the mesh's own headers (trace context, request id, the three
 deadline headers, ``mesh-identity``, forwarded client certificates, ``authorization``),
 duplicates, huge values, control characters, the body with its framing, and WebSocket
-handshakes. Requests are plain bytes made by
-:class:`RequestMaker` from one ``random.Random(seed)``: request ``i`` of a seed is always the
-same, so a failure names the seed and the index along with the bytes.
+handshakes. Requests are plain bytes made by :class:`RequestMaker` from one
+``random.Random(seed)``: request ``i`` of a seed is always the same, so a failure names the
+seed and the index along with the bytes.
 
 Most requests are well framed and travel pipelined, several on one connection. A request that
-may desynchronise the connection (a ``content-length`` that lies, conflicting framing) is sent
-*alone*, on a connection of its own. When a server closes a connection (after refusing a
-request in its parser, say), the requests it did not answer are sent again on a fresh one.
+may desynchronise the connection (a ``content-length`` that lies, conflicting framing, an
+upgrade) is sent *alone*, on a connection of its own. When a server closes a connection (after
+refusing a request in its parser, say), the requests it did not answer are sent again on a
+fresh one; one that the server closes on without any answer, three times, is given up on, and
+the test allows that only for requests whose bytes a server's parser may refuse.
 
 :func:`verdict` knows what each party may answer. The app answers ``200`` with a body that
 starts ``app:``. The mesh answers mesh traffic with its ``x-request-id`` echo, and refuses with
@@ -492,8 +494,9 @@ async def run(
     each of ``connections`` keep-alive connections (and no more than ``window`` bytes at a time:
     a server keeps the pipelined requests behind the one it is answering in a bounded buffer,
     16 KiB in h11). Without ``keep_alive`` each batch has a connection of its own. A server
-    that has not answered for ``read_timeout`` seconds has its connection dropped. ``on_answer(request, response)`` sees each
-    answer as it comes (the run keeps only what it returns true for: the failures)."""
+    that has not answered for ``read_timeout`` seconds has its connection dropped.
+    ``on_answer(request, response)`` sees each answer as it comes (the run keeps only those it
+    returns true for)."""
     result = FuzzRun()
     retry: deque[FuzzRequest] = deque()
     exhausted = False
