@@ -56,8 +56,10 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    # An upstream's header: ``isascii()`` first (``str.isdigit()`` also accepts "²", which
+    # ``float()`` refuses), and no more digits than a day's seconds need twice over.
+    if text.isascii() and text.isdigit():
+        return float(text) if len(text) <= 10 else None
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -229,14 +229,26 @@ def environ_attributes(environ: Any) -> dict[str, Any]:
     return attributes
 
 
+def _port(text: str) -> int | None:
+    """A TCP port from the caller's ``Host`` header, else ``None``. ``isascii()`` first:
+    ``str.isdigit()`` also accepts ``"²"``, which ``int()`` refuses."""
+    if not text or len(text) > 5 or not text.isascii() or not text.isdigit():
+        return None
+    port = int(text)
+    return port if port <= 65535 else None
+
+
 def _server_attributes(host: str | None, server: Any, attributes: dict[str, Any]) -> None:
     if host:
-        name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-        if not name or not port.isdigit():
-            name, port = host, ""
-        attributes["server.address"] = name
-        if port:
-            attributes["server.port"] = int(port)
+        # The caller's header: anything may be in it. A port that is not one stays part of
+        # the address, as written (the span is not where to judge it).
+        name, _, text = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        port = _port(text)
+        if name and port is not None:
+            attributes["server.address"] = name
+            attributes["server.port"] = port
+        else:
+            attributes["server.address"] = host
     elif server and server[0]:
         attributes["server.address"] = str(server[0])
         if server[1] and str(server[1]).isdigit():

@@ -72,6 +72,11 @@ def test_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after(format_datetime(now - timedelta(seconds=7), usegmt=True), now) == 0.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None and parse_retry_after("-1") is None
+    # Digits that are not ASCII ("²" passes str.isdigit()) and absurd lengths: no answer,
+    # never a ValueError out of the transport (or an infinite wait).
+    assert parse_retry_after("\u00b2") is None
+    assert parse_retry_after("1\u00b2") is None
+    assert parse_retry_after("9" * 400) is None
 
 
 def test_budget_floor_then_ratio() -> None:

@@ -12,6 +12,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
 from asgimesh import MeshMiddleware, MeshWSGIMiddleware, current_context
+from asgimesh.telemetry import environ_attributes, scope_attributes
 from asgimesh.telemetry._otel import ServerSpans
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -169,6 +170,30 @@ def test_server_errors_mark_the_span(make_shell, otel_spans) -> None:
     assert crash.attributes["error.type"] == "RuntimeError"
     assert crash.attributes["http.response.status_code"] == 500
     assert crash.events[0].name == "exception"
+
+
+@pytest.mark.parametrize(
+    ("host", "address", "port"),
+    [
+        ("mesh.test:8080", "mesh.test", 8080),
+        ("[::1]:80", "[::1]", 80),
+        # The caller's Host header: a port that is none stays in the address, never a 500
+        # (found by tests/inbound/test_fuzz.py: "²" passes str.isdigit(), not int()).
+        ("a:\u00b2", "a:\u00b2", None),
+        ("a:\u00b9\u00b2", "a:\u00b9\u00b2", None),
+        ("a:99999999999999999999", "a:99999999999999999999", None),
+        ("a:65536", "a:65536", None),
+        (":80", ":80", None),
+        ("a:-1", "a:-1", None),
+    ],
+)
+def test_the_span_reads_any_host_header(host, address, port) -> None:
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [
+        (b"host", host.encode("latin-1"))]}  # fmt: skip
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_HOST": host}  # latin-1, as PEP 3333
+    for attributes in (scope_attributes(scope), environ_attributes(environ)):
+        assert attributes["server.address"] == address
+        assert attributes.get("server.port") == port
 
 
 def test_client_errors_do_not_mark_a_server_span(make_shell, otel_spans) -> None:
