@@ -20,7 +20,7 @@ Where valgrind is installed, the instructions each server process executes for a
 of requests are also counted (callgrind, counting switched on after warm-up): unlike times,
 those counts do not move with the load of a shared machine.
 
-    python bench/bench_inbound.py [--rounds 9] [--duration 3] [--callgrind 2000]
+    python bench/bench_inbound.py [--rounds 9] [--duration 3] [--callgrind 1000]
 """
 
 from __future__ import annotations
@@ -410,7 +410,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument(
-        "--callgrind", type=int, default=2000, metavar="N",
+        "--callgrind", type=int, default=1000, metavar="N",
         help="requests counted under valgrind per variant (0: skip)",
     )
     parser.add_argument("--no-write", action="store_true")
