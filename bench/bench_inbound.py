@@ -140,9 +140,15 @@ class Server:
         raise SystemExit(f"{self.name}: {self.kind} did not start")
 
     def stop(self) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after 30 s (under
+        valgrind a graceful shutdown can take that long)."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
 
     def pids(self) -> list[int]:
         """The server's processes: uvicorn's one, or gunicorn's arbiter and its worker."""
