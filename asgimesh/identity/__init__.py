@@ -6,6 +6,8 @@ a SPIFFE credential folder, or the control plane). The control plane's side: :cl
 which signs what services ask for.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._ca import (
     CONTROL_PLANE_TLS_LIFETIME,
     MIN_LIFETIME,
@@ -17,7 +19,6 @@ from ._ca import (
     verify_issued_by,
 )
 from ._controlplane_tls import control_plane_context, control_plane_tls_problem
-from ._jwt_issuer import JWTIssuer
 from ._sources import IdentitySource, identity_source_for
 from ._spiffe import (
     control_plane_id,
@@ -30,6 +31,9 @@ from ._spiffe import (
 from ._store import IdentityFiles, IdentityStore
 from ._svid import X509SVID, IdentityError, parse_svid, verify_chain
 from ._tls import MeshClientContext, identity_mismatch, server_context
+
+if TYPE_CHECKING:
+    from ._jwt_issuer import JWTIssuer
 
 __all__ = [
     "CONTROL_PLANE_TLS_LIFETIME",
@@ -61,3 +65,12 @@ __all__ = [
     "verify_chain",
     "verify_issued_by",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The control plane's JWT signer (PyJWT): imported by the control plane, not by services.
+    if name == "JWTIssuer":
+        from ._jwt_issuer import JWTIssuer
+
+        return JWTIssuer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,6 @@ from urllib.parse import parse_qs, urlsplit
 from ..settings import MeshSettings
 from ._controlplane_tls import control_plane_context
 from ._files import FileIdentitySource, files_reader, folder_reader
-from ._issuer import ControlPlaneIssuer
 from ._store import IdentityStore
 from ._svid import IdentityError, load_pem_bundle
 
@@ -83,6 +82,8 @@ def identity_source_for(settings: MeshSettings, store: IdentityStore) -> Identit
         # https with MESH_CA: the chain and the control plane's ID are checked (pinned).
         verify = control_plane_context(base_url, settings.trust_domain, bundle)
         serverless = "refresh" in parse_qs(parts.query)
+        from ._issuer import ControlPlaneIssuer  # the CSR client, for such services only
+
         return ControlPlaneIssuer(
             base_url,
             settings.token.get_secret_value(),

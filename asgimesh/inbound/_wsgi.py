@@ -109,8 +109,12 @@ class _Responder:
             exchange.status = int(status[:3])
         except ValueError:
             exchange.status = 500
-        if not any(name.lower() == RESPONSE_HEADER for name, _ in headers):
-            headers = [*headers, *exchange.response_headers]
+        for name, _ in headers:  # a loop, not any(genexpr): no generator per response
+            if name.lower() == RESPONSE_HEADER:
+                break  # the app set its own: leave it
+        else:
+            assert exchange.context is not None
+            headers = [*headers, (RESPONSE_HEADER, exchange.context.request_id)]
         if exc_info is not None:
             return self._start_response(status, headers, exc_info)
         return self._start_response(status, headers)

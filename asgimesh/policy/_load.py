@@ -7,13 +7,11 @@ Pure functions, no I/O beyond :func:`read_policy_file`: the control-plane server
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from .._errors import PolicyError
@@ -38,39 +36,6 @@ MAX_DOCUMENT_BYTES = 1 << 20
 
 #: A named layer: where a partial document came from, and the document.
 Layer = tuple[str, Mapping[str, Any]]
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2 booleans (only ``true``/``false``) and without anchors or aliases.
-
-    Under PyYAML's YAML 1.1 rules the contract's own ``retries: {on: [...]}`` key would
-    silently become the boolean ``True``. Aliases are refused where the composer meets them, so
-    nothing is ever expanded: nine nested aliases in 302 bytes expand to a billion nodes (the
-    "billion laughs"), and a policy document has no use for them (nor for ``<<`` merge keys,
-    which need them).
-    """
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                "anchors (&name) and aliases (*name) are not allowed in policy documents",
-                event.start_mark,
-            )
-        return super().compose_node(parent, index)
-
-
-_Yaml12Loader.yaml_implicit_resolvers = {
-    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
 
 
 def format_for(name: str, content_type: str | None = None) -> str:
@@ -102,7 +67,9 @@ def parse_document(text: str | bytes, fmt: str, source: str = "policy") -> dict[
             raise PolicyError(["(document): expected UTF-8 text"], source) from None
     try:
         if fmt == "yaml":
-            data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader
+            from ._yaml import load_yaml  # PyYAML only for YAML documents (cold start)
+
+            data = load_yaml(text, source)
         elif fmt == "toml":
             data = tomllib.loads(text)
         else:
@@ -110,14 +77,6 @@ def parse_document(text: str | bytes, fmt: str, source: str = "policy") -> dict[
     except json.JSONDecodeError as exc:
         raise PolicyError(
             [f"(document): invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], source
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        # A reader error (a control character) has no mark but a two-line message.
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise PolicyError(
-            [_one_line(f"(document): invalid YAML{where}: {problem}")], source
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError([_one_line(f"(document): invalid TOML: {exc}")], source) from None

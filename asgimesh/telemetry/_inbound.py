@@ -2,9 +2,8 @@
 
 Each request's exchange calls :meth:`InboundTelemetry.finish` exactly once (the app's answer,
 the mesh's own 504/403/429, or a crash counted as 500), whichever shell handled it. The
-counter child for each ``(method, status)`` is looked up once and cached, so the hot path skips
-``prometheus_client``'s label lookup; unknown methods are counted as ``_OTHER`` so that a
-client cannot grow the label set without bound.
+request is counted with one call (:class:`~asgimesh.telemetry._tally.InboundTally`); unknown
+methods are counted as ``_OTHER`` so that a client cannot grow the label set without bound.
 """
 
 from __future__ import annotations
@@ -21,6 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["InboundTelemetry", "asgi_route"]
 
+
+#: Status labels made once: ``str(200)`` allocates a new string on every call.
+_STATUS = {status: str(status) for status in range(100, 600)}
 
 access_log = get_logger("asgimesh.access")
 error_log = get_logger("asgimesh.inbound")
@@ -52,20 +54,9 @@ class InboundTelemetry:
     def __init__(self, runtime: MeshRuntime, app: Any = None) -> None:
         metrics = runtime.metrics
         self.service = metrics.service
-        self._counter = metrics.inbound_requests
-        self._observe = metrics.inbound_duration.observe
-        self._children: dict[tuple[str, int], Any] = {}
+        self._record = metrics.inbound.record
         self.access_log = runtime.settings.access_log
         self.spans = ServerSpans(app)
-
-    def _child(self, method: str, status: int) -> Any:
-        """The counter for a pair not cached yet. Only known methods are cached: a client that
-        sends made-up methods must not grow this dict (they all count as ``_OTHER``)."""
-        label = method if method in HTTP_METHODS else "_OTHER"
-        child = self._counter.labels(self.service, label, str(status))
-        if label == method:
-            self._children[method, status] = child
-        return child
 
     def finish(
         self,
@@ -85,9 +76,8 @@ class InboundTelemetry:
         context = exchange.context
         assert context is not None
         method = exchange.method
-        child = self._children.get((method, status)) or self._child(method, status)
-        child.inc()
-        self._observe(duration)
+        label = method if method in HTTP_METHODS else "_OTHER"
+        self._record(label, _STATUS.get(status) or str(status), duration)
         if span is not None:
             self.spans.end(span, status, error)
         if error is not None:
@@ -99,7 +89,7 @@ class InboundTelemetry:
                 "app_error",
                 error_type=kind,
                 message=message,
-                method=method if method in HTTP_METHODS else "_OTHER",
+                method=label,
                 **({"route": route} if route is not None else {"path": bounded(exchange.path)}),
                 status=status,
                 request_id=context.request_id,
@@ -111,7 +101,7 @@ class InboundTelemetry:
                 trace_id=context.trace_id,
                 span_id=context.span_id,
                 request_id=context.request_id,
-                method=method if method in HTTP_METHODS else "_OTHER",
+                method=label,
                 path=bounded(exchange.path, 1000),
                 status=status,
                 duration_ms=round(duration * 1000, 3),

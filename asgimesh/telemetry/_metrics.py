@@ -2,7 +2,9 @@
 
 ``prometheus_client`` does the exposition; we only declare the families. A registry of our own
 (not the process-global default) keeps two runtimes in one test process apart and keeps the host
-app's own metrics out of ``/_mesh/metrics`` unless it asks for them.
+app's own metrics out of ``/_mesh/metrics`` unless it asks for them. The two families every
+inbound request touches are counted by :class:`~asgimesh.telemetry._tally.InboundTally` (plain
+integers, one lock per request) rather than a ``Counter`` and a ``Histogram``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from ._tally import InboundTally
 
 __all__ = ["CONTENT_TYPE", "Ejection", "MeshMetrics"]
 
@@ -63,19 +67,9 @@ class MeshMetrics:
         self.service = service
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.inbound_requests = Counter(
-            "mesh_inbound_requests",
-            "Inbound requests handled, by method and status.",
-            ["service", "method", "status"],
-            registry=r,
-        )
-        self.inbound_duration = Histogram(
-            "mesh_inbound_request_duration_seconds",
-            "Inbound request duration.",
-            ["service"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        ).labels(service)
+        #: ``mesh_inbound_requests_total`` and ``mesh_inbound_request_duration_seconds``.
+        self.inbound = InboundTally(service, LATENCY_BUCKETS)
+        r.register(self.inbound)
         self.outbound_requests = Counter(
             "mesh_outbound_requests",
             "Outbound calls, by upstream, method and status "

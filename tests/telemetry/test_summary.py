@@ -28,10 +28,8 @@ def test_golden_reports_the_interval_only() -> None:
 
 def test_read_registry_counts_5xx_as_failures() -> None:
     metrics = MeshMetrics("orders")
-    metrics.inbound_requests.labels("orders", "GET", "200").inc(8)
-    metrics.inbound_requests.labels("orders", "GET", "503").inc(2)
-    for _ in range(10):
-        metrics.inbound_duration.observe(0.004)
+    for status in ["200"] * 8 + ["503"] * 2:
+        metrics.inbound.record("GET", status, 0.004)
     reading = read_registry(metrics.registry, "orders")
     assert (reading.requests, reading.failures) == (10, 2)
     assert golden(Reading(), reading, 1.0).p99_ms == pytest.approx(5.0, rel=0.05)
@@ -41,8 +39,8 @@ def test_instance_report_covers_the_interval_since_the_last_one() -> None:
     now = [100.0]
     metrics = MeshMetrics("orders")
     report = InstanceReport(metrics.registry, "orders", instance="orders-1", clock=lambda: now[0])
-    metrics.inbound_requests.labels("orders", "GET", "200").inc(30)
-    metrics.inbound_requests.labels("orders", "GET", "500").inc(10)
+    for status in ["200"] * 30 + ["500"] * 10:
+        metrics.inbound.record("GET", status, 0.004)
     now[0] += 10
     first = report(7)
     assert first["instance"] == "orders-1" and first["policy_version"] == 7

@@ -9,14 +9,16 @@ whole runtime.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..._errors import ConfigError
 from ...settings import MeshSettings
 from .._state import PolicyStore
 from ._file import FilePolicySource
 from ._url import SourceOptions, parse_source_url
-from ._watch import ControlPlaneSource, Reporter
+
+if TYPE_CHECKING:
+    from ._watch import ControlPlaneSource, Reporter
 
 __all__ = [
     "ControlPlaneSource",
@@ -29,6 +31,16 @@ __all__ = [
 ]
 
 _REMOTE = ("http://", "https://", "etcd://", "etcds://")
+
+
+def __getattr__(name: str) -> Any:
+    # The control-plane client (its feeds, the etcd gateway client) is imported when a
+    # service follows one, not by every service that imports the mesh (cold start).
+    if name in ("ControlPlaneSource", "Reporter"):
+        from . import _watch
+
+        return getattr(_watch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PolicySource(Protocol):
@@ -71,6 +83,8 @@ def policy_source_for(
             raise ConfigError(
                 f"MESH_CA={str(settings.ca)!r}: expected a readable PEM bundle ({exc})"
             ) from None
+    from ._watch import ControlPlaneSource
+
     verify = None
     if options.kind == "http":
         from ...identity import control_plane_context
