@@ -8,10 +8,11 @@ one shared ``httpx.AsyncClient`` (keep-alive) and answers payments' body as it c
 ``x-chain-front`` header its own inbound sidecar added, if any.
 
 Both are factories (``uvicorn --factory bench._chain_app:gateway``) so that each server builds
-its app from its own environment: ``CHAIN_MESH=1`` wraps the app in ``MeshMiddleware`` (and the
-gateway's client uses ``AsyncMeshTransport``); ``CHAIN_PAYMENTS`` is where the gateway sends its
-calls (``http://payments`` for the mesh, resolved from ``MESH_UPSTREAMS``; the app itself, or
-its sidecar's outbound listener, otherwise).
+its app from its own environment, and asgimesh is imported only where the mesh is on (the
+memory benchmark compares the processes): ``CHAIN_MESH=1`` wraps the app in
+``MeshMiddleware`` (and the gateway's client uses ``AsyncMeshTransport``); ``CHAIN_PAYMENTS``
+is where the gateway sends its calls (``http://payments`` for the mesh, resolved from
+``MESH_UPSTREAMS``; the app itself, or its sidecar's outbound listener, otherwise).
 """
 
 from __future__ import annotations
@@ -27,13 +28,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from asgimesh import AsyncMeshTransport, MeshMiddleware
-
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
+def _mesh() -> bool:
+    return os.environ.get("CHAIN_MESH") == "1"
+
+
 def _meshed(app: Starlette) -> ASGIApp:
-    return MeshMiddleware(app) if os.environ.get("CHAIN_MESH") == "1" else app
+    if not _mesh():
+        return app
+    from asgimesh import MeshMiddleware
+
+    return MeshMiddleware(app)
 
 
 async def pay(request: Request) -> Response:
@@ -54,8 +61,12 @@ def payments() -> ASGIApp:
 
 def gateway() -> ASGIApp:
     target = os.environ["CHAIN_PAYMENTS"].rstrip("/")
-    mesh = os.environ.get("CHAIN_MESH") == "1"
-    client = httpx.AsyncClient(transport=AsyncMeshTransport()) if mesh else httpx.AsyncClient()
+    if _mesh():
+        from asgimesh import AsyncMeshTransport
+
+        client = httpx.AsyncClient(transport=AsyncMeshTransport())
+    else:
+        client = httpx.AsyncClient()
 
     async def checkout(request: Request) -> Response:
         answer = await client.get(f"{target}/pay/{request.path_params['rest']}")

@@ -1,8 +1,9 @@
 """The WSGI half of ``bench_chain``: the same gateway → payments chain as Flask apps under
 gunicorn (sync worker), with the same answers as :mod:`bench._chain_app`.
 
-``CHAIN_MESH=1`` wraps each app in ``MeshWSGIMiddleware`` and gives the gateway a
-``MeshTransport``; ``CHAIN_PAYMENTS`` is where the gateway calls (see ``_chain_app``).
+``CHAIN_MESH=1`` (and only then is asgimesh imported) wraps each app in
+``MeshWSGIMiddleware`` and gives the gateway a ``MeshTransport``; ``CHAIN_PAYMENTS`` is where
+the gateway calls (see ``_chain_app``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import os
 import httpx
 from flask import Flask, Response, request
 
-from asgimesh import MeshTransport, MeshWSGIMiddleware
-
 _MESH = os.environ.get("CHAIN_MESH") == "1"
 
 
 def _meshed(app: Flask) -> Flask:
     if _MESH:
+        from asgimesh import MeshWSGIMiddleware
+
         app.wsgi_app = MeshWSGIMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
@@ -44,7 +45,12 @@ def payments() -> Flask:
 def gateway() -> Flask:
     app = Flask("gateway")
     target = os.environ["CHAIN_PAYMENTS"].rstrip("/")
-    client = httpx.Client(transport=MeshTransport()) if _MESH else httpx.Client()
+    if _MESH:
+        from asgimesh import MeshTransport
+
+        client = httpx.Client(transport=MeshTransport())
+    else:
+        client = httpx.Client()
 
     @app.get("/<path:rest>")
     def checkout(rest: str) -> Response:
