@@ -274,6 +274,7 @@ class Chain:
         assert seen["path"] == "/pay/checkout/check", (self.name, seen)
         traced = seen["traceparent"]
         if self.shape == "mesh":
+            assert isinstance(traced, str), (self.name, seen)
             assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", traced), (self.name, seen)
             assert "x-request-id" in response.headers, (self.name, response.headers)
         else:
