@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _chain import Chain, cpu_ns, wrk
+from _chain import Chain, cpu_ns, rss_kib, wrk
 from _report import ROOT, median, write_section
 
 CHART = ROOT / "bench" / "chain.png"
@@ -102,8 +102,9 @@ def table(kind: str, results: dict[str, Figures]) -> str:
 
 def verdict(kind: str, results: dict[str, Figures]) -> str:
     """The issue's target, said plainly: the mesh adds at most a third of a sidecar's added
-    p50 and keeps more req/s than the sidecars."""
+    p50 and keeps more req/s than the sidecars; and, steadier under load, the CPU each adds."""
     mesh_p50, mesh_rps = added(results, "mesh", "p50"), added(results, "mesh", "rps")
+    mesh_cpu = added(results, "mesh", "cpu")
     parts = []
     for proxy in (name for name in results if name in ("nginx", "haproxy")):
         proxy_p50, proxy_rps = added(results, proxy, "p50"), added(results, proxy, "rps")
@@ -113,14 +114,35 @@ def verdict(kind: str, results: dict[str, Figures]) -> str:
             f"against {proxy}: the mesh adds {mesh_p50:+,.0f} µs p50, {share} {proxy}'s "
             f"{proxy_p50:+,.0f} µs ({'meets' if third else 'misses'} the target of a third), and "
             f"keeps {mesh_rps:.1%} of direct's req/s against {proxy}'s {proxy_rps:.1%} "
-            f"({'more' if mesh_rps > proxy_rps else 'not more'})"
+            f"({'more' if mesh_rps > proxy_rps else 'not more'}); CPU per request through the "
+            f"chain: mesh {mesh_cpu:+,.0f} µs, {proxy} {added(results, proxy, 'cpu'):+,.0f} µs"
         )
     return f"**{kind.upper()}: " + "; ".join(parts) + ".**"
 
 
+def memory_lines(shapes: dict[str, list[str]], memory: dict[str, dict[str, int]]) -> str:
+    """RSS after the load: what the mesh added to the two apps, against what the sidecars
+    themselves took (each a master and one worker for nginx, one process for HAProxy)."""
+    lines = []
+    for kind, names in shapes.items():
+        direct = memory[f"{kind} direct"]
+        apps = sum(direct[f"{kind} {role}"] for role in ("gateway", "payments"))
+        for shape in names[1:]:
+            procs = memory[f"{kind} {shape}"]
+            mine = sum(procs[f"{kind} {role}"] for role in ("gateway", "payments"))
+            proxies = sum(kib for name, kib in procs.items() if name.startswith(shape))
+            if shape == "mesh":
+                lines.append(f"{kind.upper()}: the mesh added {(mine - apps) / 1024:+.1f} MiB "
+                             f"to the two apps ({apps / 1024:.1f} MiB without it)")
+            else:
+                lines.append(f"the two {shape} sidecars took {proxies / 1024:.1f} MiB "
+                             f"(the apps behind them {(mine - apps) / 1024:+.1f} MiB)")
+    return "; ".join(lines)
+
+
 def chart(results: dict[str, dict[str, Figures]]) -> bool:
-    """``bench/chain.png``: added p50 and req/s per variant, ASGI and WSGI side by side; only
-    where matplotlib is installed (the ``bench`` extra)."""
+    """``bench/chain.png``: added p50, req/s and added CPU per request for each variant, ASGI
+    and WSGI side by side; only where matplotlib is installed (the ``bench`` extra)."""
     try:
         import matplotlib
 
@@ -129,27 +151,37 @@ def chart(results: dict[str, dict[str, Figures]]) -> bool:
     except ImportError:
         return False
     colours = {"direct": "#9e9e9e", "mesh": "#1b7f3b", "nginx": "#b5452b", "haproxy": "#d08a2b"}
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (
+        ("p50", "added p50 vs direct at -c1 (µs)"),
+        ("rps", "requests/s at -c8"),
+        ("cpu", "added CPU per request vs direct (µs)"),
+    )
+    figure, axes = plt.subplots(1, len(panels), figsize=(13, 4.4))
     kinds = list(results)
     names = [n for n in LABELS if any(n in results[k] for k in kinds)]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(kinds))]
-        p50 = [added(results[k], name, "p50") if name in results[k] else 0 for k in kinds]
-        rps = [median(results[k][name].rps) if name in results[k] else 0 for k in kinds]
-        axes[0].bar(xs, p50, width, label=LABELS[name], color=colours[name])
-        axes[1].bar(xs, rps, width, label=LABELS[name], color=colours[name])
-    titles = ("added p50 vs direct, one request at a time (µs)", "requests/s at 8 connections")
-    for axis, title in zip(axes, titles, strict=True):
+        for axis, (key, _) in zip(axes, panels, strict=True):
+            values = [
+                (median(results[k][name].rps) if key == "rps" else added(results[k], name, key))
+                if name in results[k]
+                else 0
+                for k in kinds
+            ]
+            axis.bar(xs, values, width, label=LABELS[name], color=colours[name])
+    for axis, (_, title) in zip(axes, panels, strict=True):
         axis.set_xticks(range(len(kinds)))
         axis.set_xticklabels([f"{k.upper()} chain" for k in kinds])
         axis.set_title(title, fontsize=10)
         axis.grid(axis="y", alpha=0.3)
         axis.set_axisbelow(True)
-    axes[1].legend(fontsize=8, loc="lower right")
-    figure.suptitle("wrk → gateway → payments: asgimesh vs sidecar proxies", fontsize=11)
-    figure.tight_layout()
-    figure.savefig(CHART, dpi=110)
+        axis.axhline(0, color="black", linewidth=0.6)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(names), fontsize=9, frameon=False)
+    figure.suptitle("wrk → gateway → payments: asgimesh against sidecar proxies", fontsize=11)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.savefig(CHART, dpi=100)
     plt.close(figure)
     return True
 
@@ -169,6 +201,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="asgimesh-bench-chain-"))
     chains = [Chain(f"{k} {s}", k, s, work) for k, names in shapes.items() for s in names]
     results = {k: {s: Figures() for s in names} for k, names in shapes.items()}
+    memory: dict[str, dict[str, int]] = {}  # chain → process → RSS KiB after the load
     try:
         for chain in chains:
             chain.start()
@@ -187,6 +220,7 @@ def main() -> None:
                 )
         for chain in chains:
             chain.check()  # still right after the load
+            memory[chain.name] = {proc.name: rss_kib(proc.pid) for proc in chain.procs}
     finally:
         for chain in chains:
             chain.stop()
@@ -227,6 +261,8 @@ wrk → gateway → payments. {verdict("asgi", results["asgi"])}
   their workers; `/proc/<pid>/task/*/schedstat`) used during the `-c8` run, divided by the
   requests wrk completed. It counts time on a core, not time waiting for one, so it moves less
   with the machine's load than the latency and req/s columns.
+- Memory (RSS of every process and its children, after the load): {memory_lines(shapes, memory)}.
+  The memory benchmark (`bench/bench_memory.py`) breaks the mesh's part down.
 - Pinning (`taskset`): wrk on core 0; every server process, apps and proxies alike, on core 1,
   as an app and its sidecar share a node's cores: a proxy's CPU comes out of the same budget.
 - Checked before and after the load: 200 and payments' body through the gateway; in `mesh`, the
