@@ -36,6 +36,7 @@ budget as the app's.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -74,28 +75,41 @@ def measure(chain: Chain, duration: int, into: Figures) -> None:
     into.rps.append(load.rps)
 
 
-def added(results: dict[str, Figures], name: str, key: str) -> float:
-    """Median over rounds of (variant - direct) within each round, in µs (or req/s ratio)."""
+def paired(results: dict[str, Figures], name: str, key: str) -> list[float]:
+    """(variant - direct) within each round, in µs, or the req/s ratio for ``rps``."""
     base, mine = getattr(results["direct"], key), getattr(results[name], key)
     if key == "rps":
-        return median([m / b for m, b in zip(mine, base, strict=True)])
+        return [m / b for m, b in zip(mine, base, strict=True)]
     scale = 1.0 if key == "cpu" else 1e6
-    return median([(m - b) * scale for m, b in zip(mine, base, strict=True)])
+    return [(m - b) * scale for m, b in zip(mine, base, strict=True)]
+
+
+def added(results: dict[str, Figures], name: str, key: str) -> float:
+    """Median over rounds of the within-round difference (or ratio) against direct."""
+    return median(paired(results, name, key))
+
+
+def spread(results: dict[str, Figures], name: str, key: str) -> str:
+    """The rounds' lowest and highest within-round difference: how far one round's figure
+    can be trusted on this machine."""
+    values = paired(results, name, key)
+    return f"{min(values):+,.0f} … {max(values):+,.0f}"
 
 
 def table(kind: str, results: dict[str, Figures]) -> str:
     rows = [
-        "| variant | p50 (-c1) | added p50 | p99 (-c1) | added p99 | req/s (-c8) | vs direct "
-        "| chain CPU per request | added CPU |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | p50 (-c1) | added p50 | rounds' range | p99 (-c1) | added p99 "
+        "| req/s (-c8) | vs direct | chain CPU per request | added CPU | rounds' range |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, figures in results.items():
         rows.append(
             f"| {LABELS[name]} | {median(figures.p50) * 1e6:,.0f} µs "
-            f"| {added(results, name, 'p50'):+,.0f} µs | {median(figures.p99) * 1e6:,.0f} µs "
+            f"| {added(results, name, 'p50'):+,.0f} µs | {spread(results, name, 'p50')} "
+            f"| {median(figures.p99) * 1e6:,.0f} µs "
             f"| {added(results, name, 'p99'):+,.0f} µs | {median(figures.rps):,.0f} "
             f"| {added(results, name, 'rps'):.1%} | {median(figures.cpu):,.0f} µs "
-            f"| {added(results, name, 'cpu'):+,.0f} µs |"
+            f"| {added(results, name, 'cpu'):+,.0f} µs | {spread(results, name, 'cpu')} |"
         )
     return "\n".join(rows)
 
@@ -198,6 +212,7 @@ def main() -> None:
         raise SystemExit(f"bench_chain needs {needed}: scripts/_setup.sh installs them")
 
     shapes = {"asgi": ["direct", "mesh", "nginx", "haproxy"], "wsgi": ["direct", "mesh", "nginx"]}
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="asgimesh-bench-chain-"))
     chains = [Chain(f"{k} {s}", k, s, work) for k, names in shapes.items() for s in names]
     results = {k: {s: Figures() for s in names} for k, names in shapes.items()}
@@ -226,11 +241,22 @@ def main() -> None:
             chain.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    load = (load_before, os.getloadavg()[0])
+    cores = os.cpu_count() or 1
+    busy = max(load) > cores * 0.75
+    caveat = (
+        f"**This run's machine was busy (load average {load[0]:.1f} at the start, "
+        f"{load[1]:.1f} at the end, on {cores} cores, from other work): the latency and "
+        "req/s differences are within its noise (see the rounds' ranges); re-run on a quiet "
+        "machine before reading them.**\n\n"
+        if busy
+        else ""
+    )
     charted = not args.no_write and chart(results)
     image = "![the chain: added p50 and req/s per variant](bench/chain.png)\n\n" if charted else ""
     body = f"""## The mesh against sidecar proxies: a two-hop chain (issue 10)
 
-wrk → gateway → payments. {verdict("asgi", results["asgi"])}
+{caveat}wrk → gateway → payments. {verdict("asgi", results["asgi"])}
 {verdict("wsgi", results["wsgi"])}
 
 {image}### ASGI: Starlette under uvicorn (one worker each)
@@ -257,6 +283,9 @@ wrk → gateway → payments. {verdict("asgi", results["asgi"])}
   added work per request, not queueing). Throughput: `wrk -t1 -c8 -d{args.duration}s`. Added
   figures and ratios are taken against `direct` within each round, then the median over
   rounds; the other columns are medians over rounds.
+- Machine load average (1 minute) at the start and end of the run: {load[0]:.1f} and
+  {load[1]:.1f}, on {cores} cores. The rounds' range is the lowest and highest within-round
+  difference: where it spans zero, the median's sign is not to be trusted.
 - Chain CPU per request: the CPU time all the chain's processes (both apps, both proxies and
   their workers; `/proc/<pid>/task/*/schedstat`) used during the `-c8` run, divided by the
   requests wrk completed. It counts time on a core, not time waiting for one, so it moves less
