@@ -12,6 +12,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -22,16 +23,25 @@ from _chain import Chain, cpu_ns, rss_kib, wrk  # noqa: E402
 from bench_chain import Figures, added, verdict  # noqa: E402
 from bench_memory import drive  # noqa: E402
 
-#: The tests that start chains: real servers and proxies.
-sidecars = pytest.mark.skipif(
+_sidecars = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("nginx", "haproxy", "wrk")),
     reason="nginx, haproxy and wrk come from scripts/_setup.sh",
 )
 
+T = TypeVar("T")
 
-@pytest.fixture
-def chains(tmp_path: Path) -> Iterator[dict[str, Chain]]:
-    """Every ASGI variant and the WSGI mesh and nginx ones, started; always stopped."""
+
+def needs_chains(test: T) -> T:
+    """A test that starts chains: real servers and proxies (a generous bound: a loaded machine
+    takes a while to start a dozen processes)."""
+    return pytest.mark.slow(pytest.mark.timeout(300)(_sidecars(test)))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Chain]]:
+    """Every ASGI variant and the WSGI mesh and nginx ones, started once for the module (a
+    dozen servers and proxies); always stopped."""
+    tmp_path = tmp_path_factory.mktemp("chains")
     wanted = [("asgi", s) for s in ("direct", "mesh", "nginx", "haproxy")]
     wanted += [("wsgi", "mesh"), ("wsgi", "nginx")]
     started: dict[str, Chain] = {}
@@ -46,8 +56,7 @@ def chains(tmp_path: Path) -> Iterator[dict[str, Chain]]:
             chain.stop()
 
 
-@pytest.mark.slow
-@sidecars
+@needs_chains
 def test_each_variant_crosses_the_hops_it_names_and_no_others(chains: dict[str, Chain]) -> None:
     for chain in chains.values():
         chain.check()
@@ -64,8 +73,7 @@ def test_each_variant_crosses_the_hops_it_names_and_no_others(chains: dict[str, 
             chain.shape = real
 
 
-@pytest.mark.slow
-@sidecars
+@needs_chains
 def test_a_sidecar_is_a_master_and_one_worker_and_its_cost_is_counted(
     chains: dict[str, Chain],
 ) -> None:
@@ -84,8 +92,7 @@ def test_a_sidecar_is_a_master_and_one_worker_and_its_cost_is_counted(
     assert cpu_ns(pids) > before
 
 
-@pytest.mark.slow
-@sidecars
+@needs_chains
 def test_wrk_runs_with_wrong_answers_stop_the_benchmark(chains: dict[str, Chain]) -> None:
     payments = chains["asgi direct"].app("payments")
     port = payments.ready.split(":")[2].split("/")[0]
@@ -93,8 +100,7 @@ def test_wrk_runs_with_wrong_answers_stop_the_benchmark(chains: dict[str, Chain]
         wrk(f"http://127.0.0.1:{port}/not-a-route", 1, 1)  # 404s
 
 
-@pytest.mark.slow
-@sidecars
+@needs_chains
 def test_the_memory_driver_checks_every_answer(chains: dict[str, Chain]) -> None:
     mesh = chains["asgi mesh"]
     asyncio.run(drive(mesh.entry, 0, 50, distinct=True))
