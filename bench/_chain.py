@@ -260,6 +260,14 @@ class Chain:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.entry}/checkout"
 
+    @property
+    def wrk_headers(self) -> tuple[str, ...]:
+        """gunicorn's sync worker closes every connection after answering, so wrk calling the
+        WSGI gateway straight would pay a new connection per request where, through a sidecar,
+        it would keep one: every WSGI variant asks for a new connection per request instead,
+        as a load balancer in front of sync workers has."""
+        return ("Connection: close",) if self.kind == "wsgi" else ()
+
     def app(self, role: str) -> Proc:
         return next(p for p in self.procs if p.name == f"{self.kind} {role}")
 
@@ -305,13 +313,15 @@ def _seconds(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def wrk(url: str, connections: int, duration: int, script: Path | None = None) -> WrkRun:
+def wrk(
+    url: str, connections: int, duration: int, headers: tuple[str, ...] = ()
+) -> WrkRun:
     """One ``wrk -t1`` run on the load core; refuses runs with any non-2xx answer or any socket
     error (a connection the server closed after answering, as gunicorn's sync worker does,
     is not an error to wrk)."""
     argv = [*pin(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
-    if script is not None:
-        argv += ["-s", str(script)]
+    for header in headers:
+        argv += ["-H", header]
     out = subprocess.run(
         [*argv, url], capture_output=True, text=True, check=True, timeout=duration + 120
     ).stdout

@@ -65,10 +65,10 @@ class Figures:
 
 
 def measure(chain: Chain, duration: int, into: Figures) -> None:
-    latency = wrk(chain.url, 1, duration)
+    latency = wrk(chain.url, 1, duration, chain.wrk_headers)
     pids = [proc.pid for proc in chain.procs]
     before = cpu_ns(pids)
-    load = wrk(chain.url, 8, duration)
+    load = wrk(chain.url, 8, duration, chain.wrk_headers)
     into.cpu.append((cpu_ns(pids) - before) / load.requests / 1000)
     into.p50.append(latency.p50)
     into.p99.append(latency.p99)
@@ -221,7 +221,7 @@ def main() -> None:
         for chain in chains:
             chain.start()
             chain.check()
-            wrk(chain.url, 8, 1)  # warm up: connections, caches, the interpreter
+            wrk(chain.url, 8, 1, chain.wrk_headers)  # warm up: connections, caches, interpreter
         for round_ in range(args.rounds):
             order = chains[round_ % len(chains) :] + chains[: round_ % len(chains)]
             for chain in order:
@@ -253,7 +253,8 @@ def main() -> None:
         else ""
     )
     charted = not args.no_write and chart(results)
-    image = "![the chain: added p50 and req/s per variant](bench/chain.png)\n\n" if charted else ""
+    image = "![the chain: added p50, req/s, added CPU per variant](bench/chain.png)\n\n"
+    image = image if charted else ""
     body = f"""## The mesh against sidecar proxies: a two-hop chain (issue 10)
 
 {caveat}wrk → gateway → payments. {verdict("asgi", results["asgi"])}
@@ -277,7 +278,10 @@ def main() -> None:
   hops per request. nginx: one worker process each, `keepalive 32` upstreams with
   `proxy_http_version 1.1` and `Connection ""`, access log off. HAProxy: one thread each,
   `http-reuse always`, no log. gunicorn's sync worker closes every connection after its answer,
-  so in the WSGI chain no hop into an app is kept alive, whoever the caller is.
+  so in the WSGI chain no hop into an app is kept alive, whoever the caller is; and wrk sends
+  `Connection: close` to every WSGI variant (a new connection per request at the front, as a
+  load balancer before sync workers has), or the sidecar variant alone would keep its front
+  connection alive (to its proxy) where the others reconnect per request.
 - {args.rounds} rounds; each runs every variant in turn, the order rotating by one each round.
   Latency: `wrk -t1 -c1 -d{args.duration}s` (one request at a time, so the added p50 is the
   added work per request, not queueing). Throughput: `wrk -t1 -c8 -d{args.duration}s`. Added

@@ -217,9 +217,13 @@ def traced_growth(warm: int, count: int) -> tuple[float, float, list[str]]:
     top = []
     for stat in after.compare_to(before, "lineno")[:5]:
         frame = stat.traceback[0]
-        where = os.path.relpath(frame.filename, ROOT) if ROOT.as_posix() in frame.filename else (
-            "/".join(Path(frame.filename).parts[-2:])
-        )
+        parts = Path(frame.filename).parts
+        if "site-packages" in parts:  # a library: name it from its package down
+            where = "/".join(parts[parts.index("site-packages") + 1 :])
+        elif frame.filename.startswith(ROOT.as_posix()):
+            where = os.path.relpath(frame.filename, ROOT)
+        else:  # the standard library, or generated code (``<string>``)
+            where = "/".join(parts[-2:])
         top.append(f"`{where}:{frame.lineno}` {stat.size_diff / 1024:+.1f} KiB")
     return bare_bytes, mesh_bytes, top
 
@@ -337,7 +341,10 @@ def main() -> None:
   httpx client loaded ({stack[1] / 1024:.1f} MiB): importing asgimesh's dependencies one by
   one, then asgimesh, then its runtime answering a first request: {breakdown};
   {import_total / 1024:.1f} MiB in all. Nearly all of it is code loaded once per process (the
-  libraries' modules and native extensions), not per request and not per connection.
+  libraries' modules and native extensions), not per request and not per connection. The
+  largest part serves features a service may not use: `cryptography` and `jwt` are needed for
+  identity (mTLS, `mesh-identity` tokens) and signed policies from a control plane, and could
+  be imported only where one of those is on.
 - Where the mesh keeps per-value state, it is bounded: inbound metric labels are the service,
   the method (one of the HTTP methods, else `_OTHER`) and the status; outbound labels the
   upstream service, with hosts outside the mesh capped in number; trace and request ids live
