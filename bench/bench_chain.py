@@ -282,6 +282,13 @@ def main() -> None:
   `Connection: close` to every WSGI variant (a new connection per request at the front, as a
   load balancer before sync workers has), or the sidecar variant alone would keep its front
   connection alive (to its proxy) where the others reconnect per request.
+- What a sidecar does for a WSGI chain: gunicorn's sync worker closes every connection, so the
+  gateway's httpx client opens a new connection to payments for every call in `direct` and
+  `mesh` (in Python, in the gateway's one worker), while in `nginx` it keeps one alive to its
+  own sidecar and nginx opens the new connections to the app, in C. That work moves off the
+  app's worker, which is why the sidecar chain can carry more req/s there; the mesh cannot do
+  it for a callee that closes its connections (a gunicorn with threads or gevent workers, or
+  any ASGI server, keeps them).
 - {args.rounds} rounds; each runs every variant in turn, the order rotating by one each round.
   Latency: `wrk -t1 -c1 -d{args.duration}s` (one request at a time, so the added p50 is the
   added work per request, not queueing). Throughput: `wrk -t1 -c8 -d{args.duration}s`. Added
