@@ -233,7 +233,9 @@ def test_prometheus_mode_shows_what_report_mode_shows(
         assert mine["success_rate"] == theirs["success_rate"] == 1.0
         assert mine["p99_ms"] is not None and mine["known"] and theirs["known"]
     ledger = edges(by_prometheus)[("frontend", "ledger")]
-    assert ledger["success_rate"] == 0.0 and not ledger["known"]
+    # Prometheus extrapolates each rate() to its window's edges, so the ratio of two of them is
+    # near, not exactly, 0 when every call failed.
+    assert ledger["success_rate"] < 0.05 and not ledger["known"]
     assert ledger["refusals"].get("circuit-open", 0) > 0
     pay_p, pay_r = services(by_prometheus)["payments"], services(by_reports)["payments"]
     assert pay_p["requests_per_second"] == pytest.approx(pay_r["requests_per_second"], rel=0.5)
