@@ -516,6 +516,17 @@ def prometheus(spawn: Spawner, tmp_path: Path) -> Prometheus:
     return Prometheus(spawn, tmp_path / "prometheus")
 
 
+def service_token(url: str, service: str) -> str:
+    """A new service token for ``service`` from the control plane at ``url`` (admin call)."""
+    answer = httpx.post(
+        url + "/v1/tokens",
+        json={"service": service},
+        headers={"authorization": f"Bearer {ControlPlaneStarter.admin_token}"},
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["token"])
+
+
 @pytest.fixture
 def control_plane_process(spawn: Spawner, tmp_path: Path) -> ControlPlaneStarter:
     """Start real control-plane processes (SQLite in the test's temp dir unless ``store=``)."""

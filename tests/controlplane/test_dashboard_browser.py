@@ -23,7 +23,7 @@ import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import ControlPlaneStarter, Etcd, Spawner
+from tests.conftest import ControlPlaneStarter, Etcd, Spawner, service_token
 
 CHROMIUM = Path("/usr/bin/chromium")
 T = TypeVar("T")
@@ -283,12 +283,6 @@ def report(url: str, token: str, **fields: Any) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def token(url: str, service: str) -> str:
-    answer = httpx.post(url + "/v1/tokens", json={"service": service}, headers=ADMIN)
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["token"])
-
-
 def test_dashboard_renders_services_instances_and_policy(
     control_plane_process: ControlPlaneStarter, chromium: Chromium, tmp_path: Path
 ) -> None:
@@ -296,7 +290,7 @@ def test_dashboard_renders_services_instances_and_policy(
     for timeout in ("2s", "750ms"):
         policy = {"defaults": {"timeout": timeout}}
         assert httpx.put(cp.url + "/v1/policy", json=policy, headers=ADMIN).status_code == 200
-    payments, orders = token(cp.url, "payments"), token(cp.url, "orders")
+    payments, orders = service_token(cp.url, "payments"), service_token(cp.url, "orders")
     report(
         cp.url,
         payments,
@@ -404,7 +398,7 @@ def test_dashboard_keeps_the_last_data_while_the_control_plane_is_down(
     the page goes live again by itself when the control plane is back."""
     cp = control_plane_process.start()
     assert httpx.put(cp.url + "/v1/policy", json={}, headers=ADMIN).status_code == 200
-    report(cp.url, token(cp.url, "payments"), service="payments", instance="p-1", policy_version=1)
+    report(cp.url, service_token(cp.url, "payments"), service="payments", instance="p-1", policy_version=1)
     row = "tr.service[data-service=payments] td.name"
     with chromium.devtools() as page:
         page.call("Page.navigate", url=cp.url + "/")
@@ -445,13 +439,13 @@ def test_the_graph_shows_real_calls_and_a_fault_turns_the_edge_red(
     env = {"MESH_CONFIG": f"{cp.url}?report=300ms"}
     payments = spawn.uvicorn(
         "tests.controlplane.edges_app:app",
-        env={**env, "MESH_SERVICE": "payments", "MESH_TOKEN": token(cp.url, "payments")},
+        env={**env, "MESH_SERVICE": "payments", "MESH_TOKEN": service_token(cp.url, "payments")},
     )
     routes = {"services": {"payments": {"endpoints": [payments.url]}}}
     assert httpx.put(cp.url + "/v1/policy", json=routes, headers=ADMIN).status_code == 200
     frontend = spawn.uvicorn(
         "tests.controlplane.edges_app:app",
-        env={**env, "MESH_SERVICE": "frontend", "MESH_TOKEN": token(cp.url, "frontend")},
+        env={**env, "MESH_SERVICE": "frontend", "MESH_TOKEN": service_token(cp.url, "frontend")},
     )
     payments.wait_ready(path="/ok")
     frontend.wait_ready(path="/ok")
@@ -503,7 +497,7 @@ def test_policy_history_diff_rollback_and_keyboard(
     first, second = {"defaults": {"timeout": "2s"}}, {"defaults": {"timeout": "750ms"}}
     for document in (first, second):
         assert httpx.put(cp.url + "/v1/policy", json=document, headers=ADMIN).status_code == 200
-    payments = token(cp.url, "payments")
+    payments = service_token(cp.url, "payments")
     report(cp.url, payments, service="payments", instance="p-1", policy_version=2)
     admin = ControlPlaneStarter.admin_token
     with chromium.devtools() as page:

@@ -3,27 +3,14 @@ the control plane's ``GET /v1/services`` shows each edge caller → callee."""
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
 import httpx
 
-from tests.conftest import ControlPlaneStarter, Spawner
+from tests.conftest import ControlPlaneStarter, Spawner, free_port, service_token
 
 ADMIN = {"authorization": f"Bearer {ControlPlaneStarter.admin_token}"}
-
-
-def _dead_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-def _token(url: str, service: str) -> str:
-    answer = httpx.post(url + "/v1/tokens", json={"service": service}, headers=ADMIN)
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["token"])
 
 
 def test_services_show_each_edge_with_its_golden_metrics(
@@ -33,7 +20,7 @@ def test_services_show_each_edge_with_its_golden_metrics(
     env = {"MESH_CONFIG": f"{cp.url}?report=200ms"}
     payments = spawn.uvicorn(
         "tests.controlplane.edges_app:app",
-        env={**env, "MESH_SERVICE": "payments", "MESH_TOKEN": _token(cp.url, "payments")},
+        env={**env, "MESH_SERVICE": "payments", "MESH_TOKEN": service_token(cp.url, "payments")},
     )
     policy = {
         "services": {
@@ -41,7 +28,7 @@ def test_services_show_each_edge_with_its_golden_metrics(
             # Nobody listens: the first call fails and ejects the only endpoint, the next ones
             # are refused by the mesh (circuit open) without a connection attempt.
             "ledger": {
-                "endpoints": [_dead_url()],
+                "endpoints": [f"http://127.0.0.1:{free_port()}"],
                 "retries": {"attempts": 0},
                 "outlier_detection": {"consecutive_failures": 1, "max_ejection_percent": 100},
             },
@@ -50,7 +37,7 @@ def test_services_show_each_edge_with_its_golden_metrics(
     assert httpx.put(cp.url + "/v1/policy", json=policy, headers=ADMIN).status_code == 200
     frontend = spawn.uvicorn(
         "tests.controlplane.edges_app:app",
-        env={**env, "MESH_SERVICE": "frontend", "MESH_TOKEN": _token(cp.url, "frontend")},
+        env={**env, "MESH_SERVICE": "frontend", "MESH_TOKEN": service_token(cp.url, "frontend")},
     )
     payments.wait_ready(path="/ok")
     frontend.wait_ready(path="/ok")

@@ -6,7 +6,6 @@ control plane fed by the same services' reports."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,14 @@ from asgimesh.controlplane._prometheus import (
     queries,
     services_from_results,
 )
-from tests.conftest import ControlPlaneStarter, Prometheus, Spawner, subprocess_env
+from tests.conftest import (
+    ControlPlaneStarter,
+    Prometheus,
+    Spawner,
+    free_port,
+    service_token,
+    subprocess_env,
+)
 
 ADMIN = {"authorization": f"Bearer {ControlPlaneStarter.admin_token}"}
 DOCS = Path(__file__).parents[2] / "docs" / "prometheus.md"
@@ -143,28 +149,16 @@ def test_bad_prometheus_options_stop_start_up_with_one_line(
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_an_unreachable_prometheus_falls_back_to_reports_and_says_so(
     control_plane_process: ControlPlaneStarter,
 ) -> None:
-    dead = f"http://user:secret@127.0.0.1:{_dead_port()}"
+    dead = f"http://user:secret@127.0.0.1:{free_port()}"
     cp = control_plane_process.start("--prometheus", dead)
     answer = httpx.get(cp.url + "/v1/services").json()
     assert answer["source"] == "reports" and answer["services"] == []
     assert answer["warning"].startswith("Prometheus at http://127.0.0.1:")
     assert "showing the instances' reports instead" in answer["warning"]
     assert "secret" not in answer["warning"] and "secret" not in cp.output()
-
-
-def _token(url: str, service: str) -> str:
-    answer = httpx.post(url + "/v1/tokens", json={"service": service}, headers=ADMIN)
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["token"])
 
 
 def _traffic(url: str, stop: threading.Event) -> None:
@@ -182,13 +176,13 @@ def test_prometheus_mode_shows_what_report_mode_shows(
     env = {"MESH_CONFIG": f"{reports.url}?report=1s"}
     payments = spawn.uvicorn(
         "tests.controlplane.edges_app:app",
-        env={**env, "MESH_SERVICE": "payments", "MESH_TOKEN": _token(reports.url, "payments")},
+        env={**env, "MESH_SERVICE": "payments", "MESH_TOKEN": service_token(reports.url, "payments")},
     )
     policy = {
         "services": {
             "payments": {"endpoints": [payments.url]},
             "ledger": {
-                "endpoints": [f"http://127.0.0.1:{_dead_port()}"],
+                "endpoints": [f"http://127.0.0.1:{free_port()}"],
                 "retries": {"attempts": 0},
                 "outlier_detection": {"consecutive_failures": 1, "max_ejection_percent": 100},
             },
@@ -197,7 +191,7 @@ def test_prometheus_mode_shows_what_report_mode_shows(
     assert httpx.put(reports.url + "/v1/policy", json=policy, headers=ADMIN).status_code == 200
     frontend = spawn.uvicorn(
         "tests.controlplane.edges_app:app",
-        env={**env, "MESH_SERVICE": "frontend", "MESH_TOKEN": _token(reports.url, "frontend")},
+        env={**env, "MESH_SERVICE": "frontend", "MESH_TOKEN": service_token(reports.url, "frontend")},
     )
     payments.wait_ready(path="/ok")
     frontend.wait_ready(path="/ok")
