@@ -146,6 +146,14 @@ def _metric(base: str, name: str, label: str) -> float:
     return total
 
 
+def _charges(base: str) -> float:
+    """How many charges (POSTs) one payments replica has answered since it started."""
+    try:
+        return _metric(base, "mesh_inbound_requests_total", 'method="POST"')
+    except httpx.HTTPError:
+        return 0.0
+
+
 def _growth(samples: list[tuple[float, int]]) -> tuple[int, int, int] | None:
     """(steady start, end, allowed growth) of one process's RSS: medians of the first and last
     fifth of its samples after the first fifth of its life (the warm-up)."""
@@ -264,6 +272,12 @@ def soak(
                     time.sleep(1)
                     etcd.start()
             time.sleep(2)
+        # The restarted replica must be back in orders' rotation. How soon depends on how long
+        # it took to start (each failed probe while it was down ejects it for longer), so wait
+        # for its first charge with the load still on, rather than sample it once at the end.
+        readmitted = time.monotonic() + 60
+        while (charges := _charges(url["payments-1"])) == 0 and time.monotonic() < readmitted:
+            time.sleep(1)
     finally:
         stop.set()
         for thread in callers:
@@ -276,7 +290,6 @@ def soak(
         control.url + "/v1/policy", json=policy, headers=admin, timeout=10
     ).json()["version"]
     reached = _wait_for_version(url, version, timeout=60)
-    charges = _metric(url["payments-1"], "mesh_inbound_requests_total", 'method="POST"')
     logs = {spec.name: spec.process.output() for spec in services if spec.process is not None}
     memory = {}
     for spec in services:

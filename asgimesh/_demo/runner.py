@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import secrets
 import shlex
 import signal
 import socket
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from .._errors import ConfigError
+from ..controlplane._keys import new_admin_token
 from ..policy import read_policy_file
 
 __all__ = ["run_demo", "shop_dir"]
@@ -206,7 +206,7 @@ def run_demo(*, state_dir: Path, duration: float | None, port: int) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     log_dir = state_dir / "logs"
     log_dir.mkdir(exist_ok=True)
-    admin_token = secrets.token_urlsafe(24)
+    admin_token = new_admin_token()
     token_file = state_dir / "admin-token"
     token_file.touch(mode=0o600)
     token_file.chmod(0o600)
@@ -309,7 +309,9 @@ def _say_where(
 ) -> None:
     cli = _cli()
     server = f"--server {cp_url}"
-    token = f'--token "$(cat {_shown(token_file)})"'
+    # ``--token=VALUE``, not ``--token VALUE``: argparse takes a value that starts with ``-``
+    # only in the joined form, and a user may paste any token into these lines.
+    token = f'--token="$(cat {_shown(token_file)})"'
     policies = repo / "examples" / "policies"
     tries = "\n".join(
         f"  $ {cli} policy apply {_shown(policies / (name + '.yaml'))} {server} {token}"

@@ -40,6 +40,7 @@ __all__ = [
     "load_jwt_issuer",
     "load_kek",
     "load_keys",
+    "new_admin_token",
 ]
 
 #: The JWT-SVID signing key's file in the state dir (PKCS#8 PEM, mode 0600).
@@ -301,6 +302,18 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def new_admin_token() -> str:
+    """A fresh admin token: ``mat_`` and 32 random bytes, URL-safe.
+
+    The prefix is not decoration: a bare ``token_urlsafe`` starts with ``-`` one time in 64,
+    and ``asgimesh policy apply --token "$(cat admin-token)"`` then fails in argparse
+    ("expected one argument"), as does any other tool that takes the token as an option's
+    value. It also lets secret scanners recognise a leaked admin token (as ``mst_`` does for
+    service tokens).
+    """
+    return "mat_" + secrets.token_urlsafe(32)
+
+
 def load_admin_token(state_dir: Path) -> str:
     """The admin token kept in ``state_dir/admin-token`` (mode 0600), made on first use.
 
@@ -311,7 +324,7 @@ def load_admin_token(state_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     state_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
+    token = new_admin_token()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")

@@ -15,7 +15,6 @@ process boundary is missing, so it starts in a few milliseconds and needs no fre
 from __future__ import annotations
 
 import contextlib
-import secrets
 import socket
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 import uvicorn
 
 from ..controlplane import ControlPlaneConfig, create_app
+from ..controlplane._keys import new_admin_token
 
 __all__ = ["ControlPlaneHandle", "control_plane", "serve_in_thread"]
 
@@ -97,7 +97,7 @@ def control_plane(
     resign_every: float = ControlPlaneConfig.resign_every,
 ) -> Iterator[ControlPlaneHandle]:
     """Run a control plane (SQLite in a temp dir unless ``store`` says otherwise)."""
-    token = admin_token or secrets.token_urlsafe(16)
+    token = admin_token or new_admin_token()
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = Path(

@@ -152,6 +152,15 @@ def test_a_wrong_or_missing_token_is_exit_4(cp, policy_files) -> None:
     assert missing.returncode == 4 and "MESH_ADMIN_TOKEN" in missing.stderr
 
 
+def test_a_token_that_starts_with_a_dash_is_read_in_the_joined_form(cp, policy_files) -> None:
+    """The demo prints ``--token="$(cat FILE)"``: a value beginning with ``-`` must reach the
+    control plane (and be refused there, exit 4), not stop in argparse (exit 2)."""
+    good, _ = policy_files
+    dashed = asgimesh("policy", "apply", str(good), "--server", cp.url, "--token=-nope")
+    assert dashed.returncode == 4, dashed.stderr
+    assert "refused the token" in dashed.stderr
+
+
 def test_an_unreachable_server_is_exit_3_and_no_server_is_exit_2(policy_files) -> None:
     good, _ = policy_files
     url = f"http://127.0.0.1:{free_port()}"

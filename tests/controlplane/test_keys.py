@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from asgimesh.controlplane import KeyStoreError, load_all_keys
+from asgimesh.controlplane._keys import load_admin_token
 from asgimesh.controlplane._sealing import KeyEncryptionKey
 from asgimesh.controlplane.stores import open_store
 from asgimesh.identity import JWTIssuer, MeshCA
@@ -97,3 +98,13 @@ async def test_a_kek_with_a_store_of_one_replica_is_refused(tmp_path: Path) -> N
         assert ca.bundle_pem() == (tmp_path / "ca.pem").read_bytes()
     finally:
         await store.close()
+
+
+def test_the_generated_admin_token_is_private_stable_and_never_an_option(tmp_path: Path) -> None:
+    """Made once (0600), read back the same; prefixed, so ``--token $(cat ...)`` never sees a
+    leading ``-`` (a bare ``token_urlsafe`` starts with one a time in 64)."""
+    tokens = {load_admin_token(tmp_path / f"cp{n}") for n in range(200)}
+    assert len(tokens) == 200
+    assert all(token.startswith("mat_") and len(token) > 40 for token in tokens)
+    assert load_admin_token(tmp_path / "cp0") in tokens
+    assert (tmp_path / "cp0" / "admin-token").stat().st_mode & 0o777 == 0o600
