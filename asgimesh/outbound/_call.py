@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from .._backoff import full_jitter
 from .._context import MeshContext
@@ -42,6 +42,9 @@ PER_TRY_HEADERS = frozenset({b"mesh-attempt", b"mesh-deadline-ms", b"mesh-identi
 
 class Call:
     """The decisions of one call: endpoint per try, retries, budget, deadline, metrics."""
+
+    #: One try at a time; :class:`~._hedge.HedgedCall` races several (the drivers ask this).
+    hedged: ClassVar[bool] = False
 
     __slots__ = (
         "_base_headers",
@@ -226,12 +229,14 @@ class Call:
             timeout[key] = limit if own is None or own > limit else own
         return timeout
 
-    def begin_try(self, now: float) -> Endpoint:
-        """Choose the endpoint of the next try and its time limit (``self.limit``)."""
+    def begin_try(self, now: float, endpoint: Endpoint | None = None) -> Endpoint:
+        """Choose the endpoint of the next try (unless given: a hedge's, chosen apart from
+        those in flight) and its time limit (``self.limit``)."""
         remaining = self.remaining(now)
         if remaining is not None and remaining <= 0:
             raise Refusal("deadline", self.deadline_message())
-        endpoint = self.upstream.pick(now, self.tried)
+        if endpoint is None:
+            endpoint = self.upstream.pick(now, self.tried)
         if self.strict and endpoint.scheme != "https":
             raise Refusal(
                 "plaintext",
@@ -275,6 +280,10 @@ class Call:
         """A try is over (its answer's body closed, or it failed): one less outstanding."""
         endpoint.outstanding -= 1
 
+    def _out_of_attempts(self) -> bool:
+        """Whether the retries the policy allows are used up (asked only when one is due)."""
+        return self.attempt > self.config.attempts
+
     def _backoff(self) -> float:
         config = self.config
         return full_jitter(self.attempt, config.backoff_base, config.backoff_max, self.rng.random)
@@ -306,7 +315,7 @@ class Call:
         if status not in self.config.retry_statuses:
             return None
         reason = retry_reason(self.config, self.idempotent, self.replayable, status=status)
-        if reason is None or self.attempt > self.config.attempts:
+        if reason is None or self._out_of_attempts():
             return None
         delay = self._backoff()
         if status in RETRY_AFTER_STATUSES:
@@ -343,7 +352,7 @@ class Call:
             return self._fail(None, now)
         self.upstream.failed(endpoint, now - self.try_started, self._penalty(), now)
         reason = retry_reason(self.config, self.idempotent, self.replayable, failure=failure)
-        if reason is None or self.attempt > self.config.attempts:
+        if reason is None or self._out_of_attempts():
             return self._fail(self._per_try_refusal(timed_out), now)
         delay = self._backoff()
         if remaining is not None and delay >= remaining:

@@ -11,13 +11,14 @@ change applies to the calls that start after it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl
 
 from .._wire import IDEMPOTENT_METHODS
 from ..policy import (
     Defaults,
     Fault,
+    Hedge,
     OutlierDetection,
     Policy,
     Retries,
@@ -35,6 +36,7 @@ __all__ = [
     "CompiledPolicy",
     "FaultConfig",
     "HeaderLookup",
+    "HedgeConfig",
     "ServiceRoutes",
     "compile_policy",
 ]
@@ -61,6 +63,27 @@ class FaultConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HedgeConfig:
+    """A hedge policy, concrete: after ``delay`` seconds (or, with ``quantile`` set, that
+    quantile of the service's observed try latencies) without an answer, another try races the
+    ones in flight, up to ``max`` per call."""
+
+    delay: float
+    #: ``0.95`` for ``p95``; ``None`` for a fixed ``delay``.
+    quantile: float | None
+    max: int
+
+    @classmethod
+    def of(cls, hedge: Hedge | None) -> HedgeConfig | None:
+        """``None`` when the policy sets none, or turns it off (``max: 0``)."""
+        if hedge is None or hedge.max == 0:
+            return None
+        if isinstance(hedge.delay, str):
+            return cls(0.0, int(hedge.delay[1:]) / 100, hedge.max)
+        return cls(hedge.delay, None, hedge.max)
+
+
+@dataclass(frozen=True, slots=True)
 class CallConfig:
     """Everything one call of one service and route needs, concrete (no ``None`` = inherit)."""
 
@@ -81,6 +104,8 @@ class CallConfig:
     fault: FaultConfig | None
     #: The service a route sends its calls to instead of the one called (``None``: that one).
     service: str | None = None
+    #: Hedged requests (``None``: none, the call is one try at a time).
+    hedge: HedgeConfig | None = None
 
     def is_idempotent(self, method: str) -> bool:
         return self.idempotent if self.idempotent is not None else method in IDEMPOTENT_METHODS
@@ -98,6 +123,9 @@ class BackendConfig:
     budget: RetryBudget
     #: The ID its ``https://`` endpoints must present (``None``: the default for its name).
     identity: str | None = None
+    #: Whether a hedge policy with a percentile delay (``p95``) sends calls here: only then
+    #: does the service keep a window of its tries' latencies.
+    latency_window: bool = False
 
 
 #: Reads one request header (case-insensitive), as ``httpx.Headers.get`` does.
@@ -200,6 +228,7 @@ def _call_config(
     split: tuple[SplitTarget, ...],
     fault: Fault | None,
     service: str | None = None,
+    hedge: Hedge | None = None,
 ) -> CallConfig:
     on = retries.on
     return CallConfig(
@@ -215,6 +244,7 @@ def _call_config(
         split=tuple((t.service, t.weight) for t in split if t.weight > 0),
         fault=FaultConfig.of(fault),
         service=service,
+        hedge=HedgeConfig.of(hedge),
     )
 
 
@@ -224,7 +254,9 @@ def _service_routes(name: str, defaults: Defaults, service: ServicePolicy) -> Se
         service.per_try_timeout if service.per_try_timeout is not None else defaults.per_try_timeout
     )
     retries = _merge_retries(defaults.retries, service.retries)
-    default = _call_config(timeout, per_try, retries, None, service.split, service.fault)
+    default = _call_config(
+        timeout, per_try, retries, None, service.split, service.fault, hedge=service.hedge
+    )
     return ServiceRoutes(
         name=name,
         default=default,
@@ -245,6 +277,7 @@ def _route(
         route.split if route.split is not None else service.split,
         route.fault if route.fault is not None else service.fault,
         route.service,
+        route.hedge if route.hedge is not None else service.hedge,
     )
     return _CompiledRoute(
         method=route.match.method,
@@ -293,11 +326,22 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         for target in targets:
             if target not in backends:
                 backends[target] = _backend(target, defaults, ServicePolicy())
-    return CompiledPolicy(
+    services = {
         # Keyed as httpx spells hosts (lower case); each keeps the name the policy gives it.
-        services={
-            name.lower(): _service_routes(name, defaults, service)
-            for name, service in policy.services.items()
-        },
-        backends=backends,
-    )
+        name.lower(): _service_routes(name, defaults, service)
+        for name, service in policy.services.items()
+    }
+    for name in _percentile_backends(services):
+        backends[name] = replace(backends[name], latency_window=True)
+    return CompiledPolicy(services=services, backends=backends)
+
+
+def _percentile_backends(services: dict[str, ServiceRoutes]) -> set[str]:
+    """The services a hedge with a percentile delay may call: each keeps a latency window."""
+    names: set[str] = set()
+    for routes in services.values():
+        for config in (routes.default, *(route.config for route in routes.routes)):
+            if config.hedge is not None and config.hedge.quantile is not None:
+                names.add(config.service or routes.name)
+                names.update(target for target, _ in config.split)
+    return names

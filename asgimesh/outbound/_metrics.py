@@ -18,6 +18,7 @@ class UpstreamMetrics:
 
     __slots__ = (
         "_ejections",
+        "_hedges",
         "_metrics",
         "_refusals",
         "_requests",
@@ -32,6 +33,7 @@ class UpstreamMetrics:
         self._requests: dict[tuple[str, int | str], Any] = {}
         self._retries: dict[str, Any] = {}
         self._refusals: dict[str, Any] = {}
+        self._hedges: dict[str, Any] = {}
         self._ejections: Any = None
         self.duration = metrics.outbound_duration.labels(metrics.service, upstream)
 
@@ -53,6 +55,16 @@ class UpstreamMetrics:
                 self._metrics.service, self.upstream, reason
             )
             self._retries[reason] = child
+        child.inc()
+
+    def hedge(self, result: str) -> None:
+        """A hedge ``sent``, ``won`` (it answered first) or refused by the ``budget``."""
+        child = self._hedges.get(result)
+        if child is None:
+            child = self._metrics.outbound_hedges.labels(
+                self._metrics.service, self.upstream, result
+            )
+            self._hedges[result] = child
         child.inc()
 
     def refused(self, kind: str) -> None:

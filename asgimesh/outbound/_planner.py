@@ -19,7 +19,8 @@ from .._context import current_context
 from .._runtime import MeshRuntime
 from ..policy import PolicySnapshot
 from ._call import Call
-from ._compile import CompiledPolicy, HeaderLookup, compile_policy
+from ._compile import CallConfig, CompiledPolicy, HeaderLookup, compile_policy
+from ._hedge import HedgedCall
 from ._metrics import UpstreamMetrics
 from ._traffic import choose_backend, draw_fault
 from ._upstream import Upstream
@@ -95,7 +96,8 @@ class CallPlanner:
         if config.split:
             backend = choose_backend(backend, config.split, self.rng)
         delay, abort = (0.0, None) if config.fault is None else draw_fault(config.fault, self.rng)
-        return Call(
+        kind = Call if config.hedge is None else _kind(config, method, replayable)
+        return kind(
             self.upstreams[backend],
             config,
             method,
@@ -115,3 +117,9 @@ class CallPlanner:
             metrics = UpstreamMetrics(self.runtime.metrics, host)
             self._passthrough[host] = metrics
         return metrics
+
+
+def _kind(config: CallConfig, method: str, replayable: bool) -> type[Call]:
+    """A hedge policy hedges only what may be sent twice: an idempotent call (its method, or
+    the route's ``idempotent: true``) whose body can be sent again."""
+    return HedgedCall if replayable and config.is_idempotent(method) else Call

@@ -5,7 +5,9 @@ and report back what happened. Each step is a small frozen value, so a test can 
 what the call asked for without a socket, a clock or an event loop.
 
 A mesh call is ``Resolve``? → ``Sleep`` (injected delay)? → ``Respond`` (injected abort) or
-``Send`` → (``Sleep`` → ``Send``)* → ``Done`` or ``Fail``.
+``Send`` → (``Sleep`` → ``Send``)* → ``Done`` or ``Fail``. A hedged call
+(:class:`~._hedge.HedgedCall`) may have several ``Send`` in flight at once; between their
+reports it answers :data:`WAIT`: keep waiting for the tries in flight (or its next hedge).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from ._endpoint import Endpoint
 from ._refusal import Refusal
 
-__all__ = ["Done", "Fail", "Resolve", "Respond", "Send", "Sleep", "Step"]
+__all__ = ["WAIT", "Done", "Fail", "Resolve", "Respond", "Send", "Sleep", "Step", "Wait"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,16 @@ class Fail:
     it is ``None``, the transport's own error as it is (not retryable, or no tries left)."""
 
     refusal: Refusal | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Hedged calls only: other tries are still in flight; wait for their reports (and for
+    the next hedge, :meth:`HedgedCall.hedge_wait`) instead of retrying now."""
+
+
+#: The one :class:`Wait` (it carries nothing).
+WAIT = Wait()
 
 
 #: What a driver's loop carries out next. ``Done`` is not among them: only an answer

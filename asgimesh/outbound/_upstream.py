@@ -15,6 +15,7 @@ from ._balancer import Balancer, make_balancer
 from ._compile import BackendConfig
 from ._discovery import DnsRecords
 from ._endpoint import Endpoint
+from ._latency import LatencyWindow
 from ._metrics import UpstreamMetrics
 from ._outlier import OutlierRules, record_failure, record_success, return_due
 from ._refusal import Refusal
@@ -44,6 +45,8 @@ class Upstream:
         budget = config.budget
         self.budget = RetryBudgetWindow(budget.ratio, budget.min_per_second, budget.ttl, now)
         self.dns = DnsRecords(config.dns) if config.dns else None
+        #: Recent try latencies, kept only while a percentile hedge (``p95``) calls here.
+        self.latency = LatencyWindow() if config.latency_window else None
         self.set_endpoints(config.endpoints, now)
 
     def configure(self, config: BackendConfig, now: float) -> None:
@@ -58,6 +61,8 @@ class Upstream:
         self.budget.configure(budget.ratio, budget.min_per_second, budget.ttl, now)
         if config.dns != old.dns:
             self.dns = DnsRecords(config.dns) if config.dns else None
+        if config.latency_window != (self.latency is not None):
+            self.latency = LatencyWindow() if config.latency_window else None
         if not config.dns:
             self.set_endpoints(config.endpoints, now)
 
@@ -92,6 +97,9 @@ class Upstream:
 
     def succeeded(self, endpoint: Endpoint, rtt: float, now: float) -> None:
         endpoint.observe(rtt, now)
+        latency = self.latency
+        if latency is not None:
+            latency.observe(rtt, now)
         if endpoint.failures or endpoint.probing or endpoint.times_ejected:
             record_success(endpoint, self.rules, now)
 

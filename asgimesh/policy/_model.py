@@ -39,6 +39,7 @@ __all__ = [
     "Fault",
     "FaultAbort",
     "FaultDelay",
+    "Hedge",
     "InboundPolicy",
     "LoadBalancer",
     "OutlierDetection",
@@ -193,6 +194,52 @@ class Fault(_Model):
     delay: FaultDelay | None = None
 
 
+#: The percentiles a hedge's ``delay`` may name: ``p50`` to ``p99``.
+_PERCENTILE = re.compile(r"p([5-9][0-9])")
+_HEDGE_DELAY = (
+    'a duration above zero ("50ms") or a percentile of the service\'s latency, '
+    '"p50" to "p99" (such as "p95")'
+)
+
+
+def _hedge_delay(value: object) -> float | str:
+    """A fixed delay in seconds (above zero), or ``pNN``: that percentile of the service's
+    observed try latencies, kept as the text (compiled into a quantile)."""
+    if isinstance(value, str) and _PERCENTILE.fullmatch(value.strip().lower()):
+        return value.strip().lower()
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise ValueError(f"expected {_HEDGE_DELAY}, got {value!r}")
+    return seconds
+
+
+def _hedge_max(value: object) -> int:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 3:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_HEDGES:
+        return value
+    raise ValueError(
+        f"expected 0 (no hedging) to {MAX_HEDGES} hedges per call, got {value!r}"
+    )
+
+
+#: Hedges one call may send at most: each one is a whole extra request to the service.
+MAX_HEDGES = 3
+
+
+class Hedge(_Model):
+    """Hedged requests: an idempotent call's try unanswered after ``delay`` is raced by another
+    try to another endpoint (up to ``max`` of them); the first usable answer wins."""
+
+    #: Seconds, or ``"pNN"``: that percentile of the service's recent try latencies.
+    delay: Annotated[float | str, BeforeValidator(_hedge_delay)] = "p95"
+    #: Hedges per call at most; ``0`` turns hedging off (a route opting out of its service's).
+    max: Annotated[int, BeforeValidator(_hedge_max)] = 1
+
+
 def _check_split(split: tuple[SplitTarget, ...]) -> tuple[SplitTarget, ...]:
     total = sum(target.weight for target in split)
     if total > 100:
@@ -279,6 +326,8 @@ class Route(_Model):
     idempotent: bool | None = None
     split: tuple[SplitTarget, ...] | None = None
     fault: Fault | None = None
+    #: Hedged requests for matching calls (idempotent ones only); ``{max: 0}``: none here.
+    hedge: Hedge | None = None
 
     @field_validator("split")
     @classmethod
@@ -308,6 +357,8 @@ class ServicePolicy(_Model):
     routes: tuple[Route, ...] = ()
     split: tuple[SplitTarget, ...] = ()
     fault: Fault | None = None
+    #: Hedged requests for this service's idempotent calls (see ``docs/outbound.md``).
+    hedge: Hedge | None = None
     #: The SPIFFE ID its ``https://`` endpoints must present, where it is not the mesh's
     #: default for the service's name (``spiffe://<trust domain>/ns/<namespace>/sa/<name>``):
     #: another namespace's service, a differently named workload, a federated trust domain.

@@ -90,6 +90,13 @@ class MeshMetrics:
             ["service", "upstream", "reason"],
             registry=r,
         )
+        self.outbound_hedges = Counter(
+            "mesh_outbound_hedges",
+            "Hedged tries of outbound calls, by upstream and result (sent; won: it answered "
+            "first; budget: one was due but the retry budget was spent, so none was sent).",
+            ["service", "upstream", "result"],
+            registry=r,
+        )
         self.outbound_refusals = Counter(
             "mesh_outbound_refusals",
             "Outbound calls the mesh refused before or between tries, by upstream and reason "
