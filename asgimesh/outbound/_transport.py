@@ -14,18 +14,24 @@ below is only the difference between ``await x()`` and ``x()``.
 
 from __future__ import annotations
 
+import math
+import queue
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Generic, Self
 
 import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._runtime import MeshRuntime, get_runtime
 from ..identity import MeshClientContext, identity_mismatch, service_id
-from ..telemetry import ClientSpans
+from ..telemetry import ClientSpans, TrySpan
 from ._call import RETRY_AFTER_STATUSES, Call
+from ._hedge import HedgedCall, Try
 from ._metrics import UpstreamMetrics
 from ._planner import CallPlanner
 from ._protocols import (
@@ -37,7 +43,7 @@ from ._protocols import (
     SyncTransportLike,
 )
 from ._refusal import Refusal
-from ._steps import Done, Fail, Resolve, Respond, Send, Sleep, Step
+from ._steps import WAIT, Done, Fail, Resolve, Respond, Send, Sleep, Step, Wait
 
 __all__ = ["AsyncMeshShell", "SyncMeshShell"]
 
@@ -49,6 +55,9 @@ IDENTITY_WAIT = 10.0
 
 #: ``getaddrinfo``'s answer, or ``None`` when the lookup failed.
 _Infos = Sequence[tuple[object, ...]] | None
+
+#: What a hedged call's try came back with: its answer, or the error it raised.
+_Result = tuple[Try, Resp | Exception]
 
 
 def _drainable(response: ResponseLike) -> bool:
@@ -156,6 +165,22 @@ class _Shell(Generic[Req, Resp]):
         )
         return call.answered(status, retry_after, self._planner.clock())
 
+    def _reported(
+        self, call: HedgedCall, tried: Try, result: Resp | Exception, request: Req
+    ) -> Done | Sleep | Wait | Fail | Exception:
+        """A hedged call's try came back: the call's next step, or, for an error that is no
+        transport's (a bug), that error to raise (the call abandoned)."""
+        lib, now = self._lib, self._planner.clock()
+        if isinstance(result, lib.TransportError):
+            timed_out = isinstance(result, lib.TimeoutException)
+            return call.try_failed(tried, lib.classify(result), now, timed_out=timed_out)
+        if isinstance(result, Exception):
+            call.abandoned(now)
+            return result
+        status = result.status_code
+        retry_after = result.headers.get("retry-after") if status in RETRY_AFTER_STATUSES else None
+        return call.try_answered(tried, status, retry_after, now)
+
     def _error(self, fail: Fail, request: Req, exc: Exception | None = None) -> Exception:
         """The exception a :class:`Fail` raises: the binding's for a refusal (caused by the
         try's error, if any), else the try's error itself."""
@@ -225,6 +250,9 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         call = self._plan(request)
         if call is None:
             return await self._passthrough(request)
+        if call.hedged:
+            assert isinstance(call, HedgedCall)
+            return await self._hedged(call, request)
         lib, clock = self._lib, self._planner.clock
         step: Step = self._start(call, request)
         while True:
@@ -277,6 +305,144 @@ class AsyncMeshShell(_Shell[Req, Resp]):
                 return lib.fault_response(step.status)
             else:
                 raise self._error(step, request)
+
+    async def _prepare(
+        self, call: Call, send: Send, request: Req
+    ) -> tuple[Send, AsyncTransportLike[Req, Resp], TrySpan | None]:
+        """A hedged call's try as the plain loop makes it: the inner transport (mTLS or
+        not), the identity token, and the try's span while tracing is on."""
+        if not self._mtls:
+            inner = self._inner
+        elif send.endpoint.scheme == "https":
+            inner = await self._secure(call, request)
+        else:
+            inner = self._inner
+            if self._minter is not None:
+                send = await self._with_token(call, send)
+        traced = None
+        if call.try_started >= self._spans.next_check:  # else tracing is off
+            traced = self._spans.begin(call, send)
+            if traced is not None:
+                send, inner = traced.send, traced.async_inner(inner)
+        return send, inner, traced
+
+    async def _hedged(self, call: HedgedCall, request: Req) -> Resp:
+        """A hedged call: its tries are tasks of one task group (asyncio or trio alike), so
+        the call can take the first usable answer while the others are still out. The
+        losers are cancelled: httpcore closes a connection whose request was cancelled and
+        the pool goes on without it. Nothing is raised inside the task group (anyio would
+        wrap it in an exception group): the race returns the answer or the error."""
+        lib, clock = self._lib, self._planner.clock
+        step: Step = self._start(call, request)
+        while not isinstance(step, Send):  # a lookup, an injected delay or abort first
+            if isinstance(step, Sleep):
+                await anyio.sleep(step.seconds)
+                step = call.slept(clock())
+            elif isinstance(step, Resolve):
+                step = call.resolved(await self._lookup(step), clock())
+            elif isinstance(step, Respond):
+                self._spans.fault(call, step.status)
+                return lib.fault_response(step.status)
+            else:
+                raise self._error(step, request)
+        results_in, results = anyio.create_memory_object_stream[_Result[Resp]](math.inf)
+        spans: dict[Try, TrySpan] = {}
+        try:
+            async with anyio.create_task_group() as tasks:
+                outcome = await self._race(call, request, step, tasks, results_in, results, spans)
+                tasks.cancel_scope.cancel()  # the losers
+        except BaseException:
+            call.abandoned(clock())  # the caller's own cancellation: every try released
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._settle(call, results, spans)
+            results_in.close()
+            results.close()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _race(
+        self,
+        call: HedgedCall,
+        request: Req,
+        step: Step | Wait | Done,
+        tasks: TaskGroup,
+        results_in: MemoryObjectSendStream[_Result[Resp]],
+        results: MemoryObjectReceiveStream[_Result[Resp]],
+        spans: dict[Try, TrySpan],
+    ) -> Resp | Exception:
+        """Carry out a hedged call's steps until it has its answer (or its error)."""
+        lib, clock = self._lib, self._planner.clock
+        try:
+            while True:
+                if isinstance(step, Send):
+                    tried = call.latest
+                    assert tried is not None
+                    send, inner, traced = await self._prepare(call, step, request)
+                    if traced is not None:
+                        spans[tried] = traced
+                    tasks.start_soon(_send_async, inner, lib.outgoing(request, send), tried,
+                                     results_in)
+                    step = WAIT
+                elif isinstance(step, Wait):
+                    item = None
+                    with anyio.move_on_after(call.hedge_wait(clock())):
+                        item = await results.receive()
+                    if item is None:  # the hedge is due
+                        step = call.hedge_due(clock()) or WAIT
+                        continue
+                    tried, result = item
+                    traced = spans.pop(tried, None)
+                    outcome = self._reported(call, tried, result, request)
+                    if traced is not None:
+                        if isinstance(result, Exception):
+                            traced.failed(result, outcome, call)
+                        else:
+                            traced.answered(result.status_code, outcome, call)
+                    if isinstance(outcome, Exception):
+                        return outcome
+                    if isinstance(outcome, Fail):
+                        assert isinstance(result, Exception), "only a failed try fails the call"
+                        return self._error(outcome, request, self._explained(result, request))
+                    if not isinstance(result, Exception):
+                        if isinstance(outcome, Done):
+                            lib.track_async(result, call, outcome.endpoint)
+                            return result
+                        await self._discard(result)
+                        call.release(tried.endpoint)
+                    step = outcome
+                elif isinstance(step, Sleep):
+                    await anyio.sleep(step.seconds)
+                    step = call.slept(clock())
+                elif isinstance(step, Fail):
+                    return self._error(step, request)
+                else:  # pragma: no cover - Resolve, Respond and Done come before the race
+                    raise AssertionError(f"unexpected step in a hedge race: {step!r}")
+        except Exception as exc:  # making a try failed (no certificate of this service's yet)
+            call.abandoned(clock())
+            return exc
+
+    async def _settle(
+        self,
+        call: HedgedCall,
+        results: MemoryObjectReceiveStream[_Result[Resp]],
+        spans: dict[Try, TrySpan],
+    ) -> None:
+        """After the race: late answers are closed, and the tries still in flight lost."""
+        while True:
+            try:
+                _, result = results.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            if not isinstance(result, Exception):
+                await self._discard(result)
+        now = self._planner.clock()
+        for tried in list(call.inflight):
+            call.cancelled(tried, now)
+        for traced in spans.values():
+            traced.lost()
 
     async def _passthrough(self, request: Req) -> Resp:
         measure = self._measure(request)
@@ -367,6 +533,9 @@ class SyncMeshShell(_Shell[Req, Resp]):
         call = self._plan(request)
         if call is None:
             return self._passthrough(request)
+        if call.hedged:
+            assert isinstance(call, HedgedCall)
+            return self._hedged(call, request)
         lib, clock = self._lib, self._planner.clock
         step: Step = self._start(call, request)
         while True:
@@ -419,6 +588,171 @@ class SyncMeshShell(_Shell[Req, Resp]):
             else:
                 raise self._error(step, request)
 
+    def _prepare(
+        self, call: Call, send: Send, request: Req
+    ) -> tuple[Send, SyncTransportLike[Req, Resp], TrySpan | None]:
+        """As the async driver's."""
+        if not self._mtls:
+            inner = self._inner
+        elif send.endpoint.scheme == "https":
+            inner = self._secure(call, request)
+        else:
+            inner = self._inner
+            if self._minter is not None:
+                send = self._with_token(call, send)
+        traced = None
+        if call.try_started >= self._spans.next_check:  # else tracing is off
+            traced = self._spans.begin(call, send)
+            if traced is not None:
+                send, inner = traced.send, traced.sync_inner(inner)
+        return send, inner, traced
+
+    def _hedged(self, call: HedgedCall, request: Req) -> Resp:
+        """A hedged call, sync: each try runs in a thread of its own while the calling thread
+        waits for the first report (or the hedge's delay). A blocking socket cannot be
+        cancelled from another thread, so a loser runs on until it ends (each try is capped
+        by the deadline and the per-try timeout, as every try is): then its thread closes
+        the answer and releases the endpoint itself."""
+        lib, clock = self._lib, self._planner.clock
+        step: Step = self._start(call, request)
+        while not isinstance(step, Send):
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                step = call.slept(clock())
+            elif isinstance(step, Resolve):
+                step = call.resolved(self._lookup(step), clock())
+            elif isinstance(step, Respond):
+                self._spans.fault(call, step.status)
+                return lib.fault_response(step.status)
+            else:
+                raise self._error(step, request)
+        race = _SyncRace[Resp]()
+        spans: dict[Try, TrySpan] = {}
+        try:
+            outcome = self._race(call, request, step, race, spans)
+        except BaseException:
+            with race.lock:
+                call.abandoned(clock())
+            raise
+        finally:
+            self._settle(call, race, spans)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _race(
+        self,
+        call: HedgedCall,
+        request: Req,
+        step: Step | Wait | Done,
+        race: _SyncRace[Resp],
+        spans: dict[Try, TrySpan],
+    ) -> Resp | Exception:
+        lib, clock = self._lib, self._planner.clock
+        try:
+            while True:
+                if isinstance(step, Send):
+                    tried = call.latest
+                    assert tried is not None
+                    send, inner, traced = self._prepare(call, step, request)
+                    if traced is not None:
+                        spans[tried] = traced
+                    threading.Thread(
+                        target=self._send_sync,
+                        args=(call, inner, lib.outgoing(request, send), tried, race, traced),
+                        name=f"asgimesh-try-{call.upstream.name}",
+                        daemon=True,
+                    ).start()
+                    step = WAIT
+                elif isinstance(step, Wait):
+                    try:
+                        tried, result = race.results.get(timeout=call.hedge_wait(clock()))
+                    except queue.Empty:  # the hedge is due
+                        step = call.hedge_due(clock()) or WAIT
+                        continue
+                    traced = spans.pop(tried, None)
+                    outcome = self._reported(call, tried, result, request)
+                    if traced is not None:
+                        if isinstance(result, Exception):
+                            traced.failed(result, outcome, call)
+                        else:
+                            traced.answered(result.status_code, outcome, call)
+                    if isinstance(outcome, Exception):
+                        return outcome
+                    if isinstance(outcome, Fail):
+                        assert isinstance(result, Exception), "only a failed try fails the call"
+                        return self._error(outcome, request, self._explained(result, request))
+                    if not isinstance(result, Exception):
+                        if isinstance(outcome, Done):
+                            lib.track_sync(result, call, outcome.endpoint)
+                            return result
+                        self._discard(result)
+                        call.release(tried.endpoint)
+                    step = outcome
+                elif isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    step = call.slept(clock())
+                elif isinstance(step, Fail):
+                    return self._error(step, request)
+                else:  # pragma: no cover - Resolve, Respond and Done come before the race
+                    raise AssertionError(f"unexpected step in a hedge race: {step!r}")
+        except Exception as exc:  # making a try failed (no certificate of this service's yet)
+            with race.lock:
+                call.abandoned(clock())
+            return exc
+
+    def _send_sync(
+        self,
+        call: HedgedCall,
+        inner: SyncTransportLike[Req, Resp],
+        request: Req,
+        tried: Try,
+        race: _SyncRace[Resp],
+        traced: TrySpan | None,
+    ) -> None:
+        """One try of a hedged call, in its own thread: its result goes to the race, or, the
+        race being over, its answer is closed here and the try released as a loser."""
+        result: Resp | Exception
+        try:
+            result = inner.handle_request(request)
+        except Exception as exc:
+            result = exc
+        with race.lock:
+            over = race.over
+            if not over:
+                race.results.put((tried, result))
+        if over:
+            self._lose(call, tried, result, race, traced)
+
+    def _lose(
+        self,
+        call: HedgedCall,
+        tried: Try,
+        result: Resp | Exception,
+        race: _SyncRace[Resp],
+        traced: TrySpan | None,
+    ) -> None:
+        if not isinstance(result, Exception):
+            self._discard(result)
+        with race.lock:
+            call.cancelled(tried, self._planner.clock())
+        if traced is not None:
+            traced.lost()
+
+    def _settle(self, call: HedgedCall, race: _SyncRace[Resp], spans: dict[Try, TrySpan]) -> None:
+        """After the race: answers that came meanwhile are closed; tries still out are left
+        to their threads, which release them when they end."""
+        with race.lock:
+            race.over = True
+            late: list[_Result[Resp]] = []
+            while True:
+                try:
+                    late.append(race.results.get_nowait())
+                except queue.Empty:
+                    break
+        for tried, result in late:
+            self._lose(call, tried, result, race, spans.pop(tried, None))
+
     def _passthrough(self, request: Req) -> Resp:
         measure = self._measure(request)
         if measure is None:
@@ -465,3 +799,31 @@ class SyncMeshShell(_Shell[Req, Resp]):
         for secure in self._secure_inners.values():
             secure.close()
         self._inner.__exit__(exc_type, exc_value, traceback)
+
+
+async def _send_async(
+    inner: AsyncTransportLike[Req, Resp],
+    request: Req,
+    tried: Try,
+    results: MemoryObjectSendStream[_Result[Resp]],
+) -> None:
+    """One try of a hedged call, as a task: its answer or error goes to the race. Its
+    cancellation (it lost) is not caught: the task group absorbs it."""
+    result: Resp | Exception
+    try:
+        result = await inner.handle_async_request(request)
+    except Exception as exc:
+        result = exc
+    results.send_nowait((tried, result))
+
+
+class _SyncRace(Generic[Resp]):
+    """What a sync hedged call's threads share: their results, and whether the race is over
+    (a try that ends after it is a loser, released by its own thread)."""
+
+    __slots__ = ("lock", "over", "results")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.over = False
+        self.results: queue.SimpleQueue[_Result[Resp]] = queue.SimpleQueue()

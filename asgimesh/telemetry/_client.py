@@ -6,7 +6,8 @@ endpoint the balancer chose, and the ``traceparent`` the try sends carries that 
 the callee's server span is its child. The span is a child of the current span (the request's
 server span, the app's own spans), or, where none is current, of the inbound request's caller.
 What the mesh decided shows as events: ``mesh.retry`` (and why), ``mesh.retry_budget_exhausted``,
-``mesh.endpoint_ejected``, ``mesh.fault.delay`` and ``mesh.fault.abort``, ``mesh.refused``.
+``mesh.endpoint_ejected``, ``mesh.fault.delay`` and ``mesh.fault.abort``, ``mesh.refused``, and
+for hedged calls ``mesh.hedge`` (this try is a hedge) and ``mesh.hedge.lost``.
 
 While a try is sent its span is current and HTTP instrumentation is suppressed (the context key
 OpenTelemetry's instrumentations honour), so ``opentelemetry-instrumentation-httpx`` instrumenting
@@ -103,6 +104,8 @@ class ClientSpans(TracerGate):
         )
         if call.attempt == 1 and call.delay:
             span.add_event("mesh.fault.delay", {"mesh.fault.delay_s": call.delay})
+        if call.hedged and call.latest.hedge is not None:
+            span.add_event("mesh.hedge", {"mesh.hedge.delay_s": call.latest.hedge})
         ids = span.get_span_context()
         headers = [item for item in send.headers if item[0].lower() != _TRACEPARENT]
         headers.append(
@@ -184,6 +187,13 @@ class TrySpan:
             span.add_event("mesh.endpoint_ejected", {"mesh.endpoint": self._endpoint.url})
         if self._own:
             span.end()
+
+    def lost(self) -> None:
+        """A hedged call's other try answered first: this one was cancelled (async) or its
+        late answer closed (sync). Not an error: the call got its answer."""
+        self.span.add_event("mesh.hedge.lost")
+        if self._own:
+            self.span.end()
 
     def answered(self, status: int, step: Any, call: Call) -> None:
         if self._own:

@@ -1,0 +1,164 @@
+"""Hedged requests through real upstreams on loopback (uvicorn processes, one of them slow),
+through every transport: httpx and httpx2, sync and async (asyncio and trio)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from outbound_driver import VARIANTS, Driver, driver
+
+from asgimesh import MeshRuntime, MeshSettings
+
+#: The slow replica's answer time, and what a hedged call must beat by far.
+SLOW = 0.6
+FAST_ENOUGH = 0.45
+POLICY = {"timeout": "3s", "per_try_timeout": "2s",
+          "retries": {"backoff": {"base": "1ms", "max": "5ms"}}}
+
+
+def runtime(services: dict[str, Any]) -> MeshRuntime:
+    return MeshRuntime(MeshSettings(policy=json.dumps({"defaults": POLICY, "services": services})))
+
+
+def sample(rt: MeshRuntime, name: str, **labels: str) -> float:
+    return rt.metrics.registry.get_sample_value(name, {"service": "app", **labels}) or 0.0
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def mesh(variant: str) -> Iterator[Any]:
+    """``mesh(services, max_connections=None)`` -> a :class:`Driver`."""
+    made: list[Any] = []
+
+    def make(services: dict[str, Any], max_connections: int | None = None) -> Driver:
+        rt = runtime(services)
+        kwargs: dict[str, Any] = {}
+        if max_connections is not None:
+            module = httpx if variant.startswith("httpx-") else httpx2
+            kwargs["limits"] = module.Limits(max_connections=max_connections)
+        cm = driver(variant, rt, **kwargs)
+        d = cm.__enter__()
+        d.runtime = rt  # type: ignore[attr-defined]
+        made.append(cm)
+        return d
+
+    yield make
+    for cm in made:
+        cm.__exit__(None, None, None)
+
+
+def timed(d: Driver, method: str = "GET", **kwargs: Any) -> tuple[Any, float]:
+    start = time.monotonic()
+    response = d.request(method, "http://pay/", **kwargs)
+    return response, time.monotonic() - start
+
+
+def settled(d: Driver) -> list[int]:
+    """Every endpoint's outstanding tries once the losers are done (a sync loser's thread
+    runs until its slow answer comes, then releases its endpoint)."""
+    endpoints = d.transport._planner.upstreams["pay"].endpoints
+    deadline = time.monotonic() + 5
+    while any(e.outstanding for e in endpoints) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [e.outstanding for e in endpoints]
+
+
+def slow_and_fast(fake_upstreams: Any) -> tuple[str, str]:
+    slow, fast = fake_upstreams.get(2)
+    fake_upstreams.control(slow, f"slow:{SLOW}")
+    return slow, fast
+
+
+def pay(urls: list[str], **extra: Any) -> dict[str, Any]:
+    # Round robin: the first try of every other call goes to the slow replica.
+    return {"pay": {"endpoints": urls, "load_balancer": "round_robin", **extra}}
+
+
+def test_a_hedge_beats_the_slow_replica(mesh: Any, fake_upstreams: Any) -> None:
+    slow, fast = slow_and_fast(fake_upstreams)
+    d = mesh(pay([slow, fast], hedge={"delay": "20ms"}))
+    results = [timed(d) for _ in range(6)]
+    assert [r.status_code for r, _ in results] == [200] * 6
+    assert all(r.json()["upstream"] == "u1" for r, _ in results)  # the fast one's answers
+    assert max(t for _, t in results) < FAST_ENOUGH, [round(t, 3) for _, t in results]
+    assert fake_upstreams.stats(slow)["requests"] >= 1  # first tries did go there
+    sent = sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent")
+    won = sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="won")
+    assert sent >= 1 and won == sent
+    assert sample(d.runtime, "mesh_outbound_requests_total", upstream="pay", method="GET",
+                  status="200") == 6  # each call counted once, hedged or not
+    hedged = [r for r, _ in results if r.json()["headers"]["mesh-attempt"] == "2"]
+    assert len(hedged) == won  # the hedge is the call's next attempt
+    assert settled(d) == [0, 0]
+
+
+def test_without_a_hedge_the_slow_replica_is_waited_for(mesh: Any, fake_upstreams: Any) -> None:
+    slow, fast = slow_and_fast(fake_upstreams)
+    d = mesh(pay([slow, fast]))
+    times = [timed(d)[1] for _ in range(2)]
+    assert max(times) >= SLOW * 0.9, times  # round robin sent one of them to the slow replica
+    assert sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent") == 0
+
+
+def test_a_post_is_never_hedged(mesh: Any, fake_upstreams: Any) -> None:
+    slow, fast = slow_and_fast(fake_upstreams)
+    d = mesh(pay([slow, fast], hedge={"delay": "20ms"}))
+    times = [timed(d, "POST", content=b"{}")[1] for _ in range(2)]
+    assert max(times) >= SLOW * 0.9, times
+    # Each POST reached exactly one replica once.
+    assert sum(fake_upstreams.stats(u)["requests"] for u in (slow, fast)) == 2
+    assert sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent") == 0
+
+
+def test_no_budget_no_hedge(mesh: Any, fake_upstreams: Any) -> None:
+    slow, fast = slow_and_fast(fake_upstreams)
+    d = mesh(pay([slow, fast], hedge={"delay": "20ms"},
+                 retries={"budget": {"ratio": 0, "min_per_second": 0}}))
+    times = [timed(d)[1] for _ in range(2)]
+    assert max(times) >= SLOW * 0.9, times
+    assert sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="budget") >= 1
+    assert sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent") == 0
+
+
+def test_the_pool_stays_healthy_after_many_hedges(mesh: Any, fake_upstreams: Any) -> None:
+    slow, fast = fake_upstreams.get(2)
+    fake_upstreams.control(slow, "slow:0.2")
+    d = mesh(pay([slow, fast], hedge={"delay": "5ms"}), max_connections=4)
+    for _ in range(20):
+        response = d.request("GET", "http://pay/", timeout=5)
+        assert response.status_code == 200 and response.json()["upstream"] == "u1"
+    sent = sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent")
+    assert sent >= 5
+    assert settled(d) == [0, 0]
+    pool = d.transport._inner._pool
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all(c.is_idle() or c.is_closed()
+                                                  for c in pool.connections):
+        time.sleep(0.05)
+    assert all(c.is_idle() or c.is_closed() for c in pool.connections), pool.connections
+    assert len(pool.connections) <= 4
+    # And the pool still serves: the slow replica made fast, each replica answers in turn.
+    fake_upstreams.control(slow, "ok")
+    answers = {d.request("GET", "http://pay/", timeout=5).json()["upstream"] for _ in range(4)}
+    assert answers == {"u0", "u1"}
+
+
+def test_a_route_can_turn_its_services_hedge_off(mesh: Any, fake_upstreams: Any) -> None:
+    slow, fast = slow_and_fast(fake_upstreams)
+    d = mesh(pay([slow, fast], hedge={"delay": "20ms"},
+                 routes=[{"match": {"path": "/report"}, "hedge": {"max": 0}}]))
+    start = time.monotonic()
+    for _ in range(2):
+        assert d.request("GET", "http://pay/report").status_code == 200
+    assert time.monotonic() - start >= SLOW * 0.9
+    assert sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent") == 0
