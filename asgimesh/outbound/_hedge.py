@@ -161,6 +161,12 @@ class HedgedCall(Call):
         """The hedge :meth:`hedge_wait` announced: a :class:`Send` to an endpoint with no try
         of this call in flight (its :class:`Try` is :attr:`latest`), or ``None`` when none can
         go (then none will: hedging stops for this call)."""
+        send = self._hedge(now)
+        if send is None:
+            self._hedging = False
+        return send
+
+    def _hedge(self, now: float) -> Send | None:
         delay = self.hedge_delay(now)
         remaining = self.remaining(now)
         if (
@@ -179,19 +185,16 @@ class HedgedCall(Call):
             if endpoint in busy:
                 endpoint = upstream.pick(now, busy)
         except Refusal:
-            endpoint = None
-        if endpoint is None or endpoint in busy:
-            self._hedging = False
+            return None
+        if endpoint in busy:
             return None
         if not upstream.budget.withdraw(now):
-            self._hedging = False
             upstream.metrics.hedge("budget")
             self.note = ("budget", "hedge")
             return None
         try:
             self.begin_try(now, endpoint)
         except Refusal:  # MESH_MTLS=strict and a plain endpoint: the first try's refusal stands
-            self._hedging = False
             return None
         latest = self.latest
         assert latest is not None

@@ -239,6 +239,14 @@ def test_never_a_hedge_that_would_start_at_the_deadline() -> None:
     assert call.hedge_due(0.0995) is None  # (were another allowed) too late
 
 
+def test_a_hedge_that_cannot_go_stops_hedging_so_the_driver_never_spins() -> None:
+    call = make({"timeout": "100ms", "hedge": {"delay": "50ms", "max": 3}})
+    first(call)
+    assert call.hedge_wait(0.0995) == 0.0  # overdue, and the deadline is a slack away
+    assert call.hedge_due(0.0995) is None
+    assert call.hedge_wait(0.0995) is None  # the driver now only waits for the tries
+
+
 def test_a_spent_budget_means_no_hedge_and_says_so() -> None:
     service = {"retries": {"budget": {"ratio": 0, "min_per_second": 0}}}
     call = make(service)

@@ -8,10 +8,12 @@ that answers 503 to the first try of each request id and records the ``tracepare
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from opentelemetry import trace
@@ -40,9 +42,29 @@ async def flaky(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok", status_code=503 if tries[key] == 1 else 200)
 
 
+async def slow_first(request: Request) -> PlainTextResponse:
+    """The first try of each ``x-test-key`` answers after 500 ms, the others at once."""
+    received.append(request.headers.get("traceparent", ""))
+    key = request.headers.get("x-test-key", "")
+    tries[key] += 1
+    if tries[key] == 1:
+        await anyio.sleep(0.5)
+    return PlainTextResponse("ok")
+
+
+ROUTES = [Route("/flaky", flaky), Route("/slow-first", slow_first)]
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    with serve_in_thread(Starlette(routes=[Route("/flaky", flaky)])) as server:
+    with serve_in_thread(Starlette(routes=ROUTES)) as server:
+        yield f"http://127.0.0.1:{server.config.port}"
+
+
+@pytest.fixture(scope="module")
+def twin() -> Iterator[str]:
+    """A second server of the same app: a hedge goes to another endpoint."""
+    with serve_in_thread(Starlette(routes=ROUTES)) as server:
         yield f"http://127.0.0.1:{server.config.port}"
 
 
@@ -243,3 +265,57 @@ async def test_async_tries_have_their_spans_too(upstream, make_runtime, otel_spa
     assert second.attributes["http.request.resend_count"] == 1
     assert [event.name for event in first.events] == ["mesh.retry"]
     assert received == [_ids(first), _ids(second)]
+
+
+def _hedged_runtime(make_runtime: Any, urls: list[str]) -> Any:
+    service = {"endpoints": urls, "load_balancer": "round_robin", "hedge": {"delay": "20ms"}}
+    return _runtime(make_runtime, service)
+
+
+def _race_spans(exporter: Any) -> tuple[Any, Any]:
+    """The loser's and the hedge's spans (a sync loser's span ends when its thread does)."""
+    deadline = time.monotonic() + 5
+    while len(_client_spans(exporter)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    spans = _client_spans(exporter)
+    assert len(spans) == 2, spans
+    hedge = next(span for span in spans if span.attributes.get("http.request.resend_count"))
+    lost = next(span for span in spans if span is not hedge)
+    return lost, hedge
+
+
+def _check_race(lost: Any, hedge: Any, parent: Any) -> None:
+    assert [event.name for event in hedge.events] == ["mesh.hedge"]
+    assert hedge.events[0].attributes["mesh.hedge.delay_s"] == pytest.approx(0.02)
+    assert hedge.attributes["http.response.status_code"] == 200
+    assert [event.name for event in lost.events] == ["mesh.hedge.lost"]
+    assert "error.type" not in lost.attributes  # losing is not an error
+    assert lost.attributes["server.port"] != hedge.attributes["server.port"]
+    assert {span.parent.span_id for span in (lost, hedge)} == {parent.get_span_context().span_id}
+    assert sorted(received) == sorted([_ids(lost), _ids(hedge)])
+
+
+def test_a_hedge_and_its_loser_have_their_spans(upstream, twin, make_runtime, otel_spans) -> None:
+    received.clear()
+    runtime = _hedged_runtime(make_runtime, [upstream, twin])
+    with httpx.Client(transport=MeshTransport(runtime=runtime)) as http:
+        with trace.get_tracer("app").start_as_current_span("checkout") as parent:
+            response = http.get("http://up/slow-first", headers={"x-test-key": "hedge-sync"})
+        assert response.status_code == 200
+        lost, hedge = _race_spans(otel_spans)
+    _check_race(lost, hedge, parent)
+
+
+@pytest.mark.anyio
+async def test_async_hedge_spans(upstream, twin, make_runtime, otel_spans) -> None:
+    received.clear()
+    runtime = _hedged_runtime(make_runtime, [upstream, twin])
+    async with httpx.AsyncClient(transport=AsyncMeshTransport(runtime=runtime)) as http:
+        with trace.get_tracer("app").start_as_current_span("checkout") as parent:
+            response = await http.get(
+                "http://up/slow-first", headers={"x-test-key": f"hedge-{id(http)}"}
+            )
+        assert trace.get_current_span() is trace.INVALID_SPAN
+    assert response.status_code == 200
+    lost, hedge = _race_spans(otel_spans)  # the loser was cancelled: its span ended at once
+    _check_race(lost, hedge, parent)
