@@ -4,8 +4,8 @@ A ring of the last :data:`SIZE` tries' latencies with the time of each: a quanti
 the samples of the last :data:`MAX_AGE` seconds only, so the estimate follows the service both
 when it is busy (old samples are overwritten) and when it is quiet (they age out). Sorting 256
 floats takes a few microseconds, so the sorted view is refreshed at most every
-:data:`REFRESH_SAMPLES` new samples or :data:`REFRESH_SECONDS`, never per call; recording a
-sample is four stores. Only services a percentile hedge calls keep one (``latency_window`` of
+:data:`REFRESH_SAMPLES` new samples or :data:`REFRESH_SECONDS` (and, until there is an estimate,
+at each new sample), not per call; recording a sample is four stores. Only services a percentile hedge calls keep one (``latency_window`` of
 their :class:`~._compile.BackendConfig`); every other service pays one ``None`` check per answer.
 
 Without :data:`MIN_SAMPLES` fresh samples there is no estimate (``None``), and a call hedges
@@ -62,8 +62,12 @@ class LatencyWindow:
     def quantile(self, q: float, now: float) -> float | None:
         """The ``q`` quantile (``0.95``) of the fresh samples, at least :data:`FLOOR`; ``None``
         with fewer than :data:`MIN_SAMPLES` of them."""
-        if self._count - self._sorted_count >= REFRESH_SAMPLES or (
-            now - self._sorted_at >= REFRESH_SECONDS
+        new = self._count - self._sorted_count
+        if (
+            new >= REFRESH_SAMPLES
+            or now - self._sorted_at >= REFRESH_SECONDS
+            # Short of an estimate, each new sample may be the one that gives it.
+            or (new and len(self._sorted) < MIN_SAMPLES)
         ):
             cutoff = now - MAX_AGE
             self._sorted = sorted(

@@ -382,3 +382,11 @@ def test_abandoning_releases_every_try_in_flight_and_counts_once() -> None:
     registry = call.upstream.metrics._metrics.registry
     labels = {"service": "test", "upstream": "svc", "method": "GET", "status": "error"}
     assert registry.get_sample_value("mesh_outbound_requests_total", labels) == 1
+
+
+def test_window_gives_its_estimate_as_soon_as_it_has_the_samples() -> None:
+    window = LatencyWindow()
+    for i in range(MIN_SAMPLES):
+        assert window.quantile(0.95, 1.0) is None  # asked at every call, as a call would
+        window.observe(0.01, 1.0)
+    assert window.quantile(0.95, 1.0) == 0.01  # not one refresh period later

@@ -162,3 +162,20 @@ def test_a_route_can_turn_its_services_hedge_off(mesh: Any, fake_upstreams: Any)
         assert d.request("GET", "http://pay/report").status_code == 200
     assert time.monotonic() - start >= SLOW * 0.9
     assert sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent") == 0
+
+
+def test_a_p95_hedge_learns_the_services_latency_first(mesh: Any, fake_upstreams: Any) -> None:
+    slow, fast = fake_upstreams.get(2)
+    d = mesh(pay([slow, fast], hedge={"delay": "p95"}))
+    # Both fast: the window fills with the service's latency (no hedge before 20 samples).
+    for _ in range(30):
+        assert d.request("GET", "http://pay/").status_code == 200
+    window = d.transport._planner.upstreams["pay"].latency
+    assert window is not None
+    p95 = window.quantile(0.95, d.transport._planner.clock())
+    assert p95 is not None and p95 < FAST_ENOUGH
+    fake_upstreams.control(slow, f"slow:{SLOW}")
+    times = [timed(d)[1] for _ in range(4)]
+    assert max(times) < FAST_ENOUGH, times
+    assert sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="won") >= 1
+    assert settled(d) == [0, 0]
