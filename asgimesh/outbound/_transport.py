@@ -350,13 +350,15 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         try:
             async with anyio.create_task_group() as tasks:
                 outcome = await self._race(call, request, step, tasks, results_in, results, spans)
-                tasks.cancel_scope.cancel()  # the losers
+                if call.inflight:
+                    tasks.cancel_scope.cancel()  # the losers
         except BaseException:
             call.abandoned(clock())  # the caller's own cancellation: every try released
             raise
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._settle(call, results, spans)
+            if call.inflight or spans or results.statistics().current_buffer_used:
+                with anyio.CancelScope(shield=True):
+                    await self._settle(call, results, spans)
             results_in.close()
             results.close()
         if isinstance(outcome, Exception):
