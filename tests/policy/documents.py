@@ -185,6 +185,12 @@ fault = _model(
         "delay": maybe(_model({"percent": maybe(percents), "duration": maybe(durations)})),
     }
 )
+hedge = _model(
+    {
+        "delay": maybe(mostly(["50ms", 0.02, "p95", "P99", "p50"], ["p100", "p49", 0, "-1s", True])),
+        "max": maybe(st.integers(-1, 5)),
+    }
+)
 route = _model(
     {
         "match": maybe(_model({"method": maybe(methods), "path": maybe(paths)})),
@@ -194,6 +200,7 @@ route = _model(
         "idempotent": maybe(st.booleans()),
         "split": maybe(split),
         "fault": maybe(fault),
+        "hedge": maybe(hedge),
     }
 )
 load_balancers = mostly(["p2c_ewma", "round_robin", "least_request", "random"], ["best", ""])
@@ -209,6 +216,7 @@ service = _model(
         "routes": maybe(st.lists(route, max_size=2)),
         "split": maybe(split),
         "fault": maybe(fault),
+        "hedge": maybe(hedge),
         "identity": maybe(identities),
     }
 )
