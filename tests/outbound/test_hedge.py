@@ -386,7 +386,7 @@ def test_abandoning_releases_every_try_in_flight_and_counts_once() -> None:
 
 def test_window_gives_its_estimate_as_soon_as_it_has_the_samples() -> None:
     window = LatencyWindow()
-    for i in range(MIN_SAMPLES):
+    for _ in range(MIN_SAMPLES):
         assert window.quantile(0.95, 1.0) is None  # asked at every call, as a call would
         window.observe(0.01, 1.0)
     assert window.quantile(0.95, 1.0) == 0.01  # not one refresh period later
