@@ -1,8 +1,8 @@
 """A fake upstream service for tests and drills: an ASGI app that misbehaves on request.
 
 Resilience code is only as good as the failures it has met. ``FakeUpstream`` answers every path
-with one configurable behaviour (``ok``, ``fail`` with a status, ``hang``, ``slow``, ``reset``, or
-a percentage of failures), counts what it receives, and can be switched at run time over HTTP, so a
+with one configurable behaviour (``ok``, ``fail`` with a status, ``hang``, ``slow``, ``reset``, a
+percentage of failures, or of slow answers), counts what it receives, and can be switched at run time over HTTP, so a
 test or a chaos drill drives real uvicorn processes on loopback rather than mocks::
 
     uvicorn --factory asgimesh.testing:upstream_from_env --http h11   # UPSTREAM_BEHAVIOUR=fail:503
@@ -15,7 +15,8 @@ string as body, ``PUT /_upstream/retry-after`` (a ``Retry-After`` value for 429/
 Paths under ``/stream`` answer (when ``ok``) ten chunks 20 ms apart. Behaviour strings: ``ok``,
 ``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
 ``flaky:50:503`` (that percent of requests fail with that status, drawn from a seeded RNG so runs
-repeat). ``reset`` closes the connection without an answer, as a crashed upstream does: it starts
+repeat), ``lag:10:0.2`` (that percent of requests answer after that many seconds, the others at
+once: a replica with a latency tail, for hedged requests; drawn from the same RNG). ``reset`` closes the connection without an answer, as a crashed upstream does: it starts
 a response with a header h11 refuses, so uvicorn's h11 protocol drops the connection before any
 byte is written (run uvicorn with ``--http h11``).
 """
@@ -40,7 +41,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-KINDS = ("ok", "fail", "hang", "slow", "reset", "flaky")
+KINDS = ("ok", "fail", "hang", "slow", "reset", "flaky", "lag")
 #: A response start whose header name h11 refuses: uvicorn then closes without writing a byte.
 _RESET_START = {"type": "http.response.start", "status": 200, "headers": [(b"bad header", b"")]}
 
@@ -61,6 +62,8 @@ class Behaviour:
             return f"slow:{self.seconds:g}"
         if self.kind == "flaky":
             return f"flaky:{self.percent:g}:{self.status}"
+        if self.kind == "lag":
+            return f"lag:{self.percent:g}:{self.seconds:g}"
         return self.kind
 
 
@@ -77,11 +80,14 @@ def parse_behaviour(text: str) -> Behaviour:
         if kind == "flaky":
             percent, _, status = rest.partition(":")
             return Behaviour("flaky", status=int(status or 503), percent=float(percent))
+        if kind == "lag":
+            percent, _, seconds = rest.partition(":")
+            return Behaviour("lag", seconds=float(seconds), percent=float(percent))
     except ValueError:
         pass
     raise ValueError(
-        "expected ok, fail:STATUS, hang, slow:SECONDS, reset or flaky:PERCENT:STATUS, "
-        f"got {text!r}"
+        "expected ok, fail:STATUS, hang, slow:SECONDS, reset, flaky:PERCENT:STATUS or "
+        f"lag:PERCENT:SECONDS, got {text!r}"
     )
 
 
@@ -117,7 +123,7 @@ class FakeUpstream:
         kind = behaviour.kind
         if kind == "hang":
             await anyio.sleep_forever()
-        if kind == "slow":
+        if kind == "slow" or (kind == "lag" and self._rng.random() * 100 < behaviour.percent):
             await anyio.sleep(behaviour.seconds)
         if kind == "reset":
             with contextlib.suppress(Exception):  # h11's refusal is the point: the connection drops

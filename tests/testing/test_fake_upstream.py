@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import httpx
 import pytest
 
@@ -17,6 +18,7 @@ from asgimesh.testing import Behaviour, FakeUpstream, parse_behaviour
         ("flaky:50:503", Behaviour("flaky", status=503, percent=50)),
         ("hang", Behaviour("hang")),
         ("reset", Behaviour("reset")),
+        ("lag:10:0.2", Behaviour("lag", seconds=0.2, percent=10)),
     ],
 )
 def test_parse_behaviour_round_trips(text: str, expected: Behaviour) -> None:
@@ -24,7 +26,7 @@ def test_parse_behaviour_round_trips(text: str, expected: Behaviour) -> None:
     assert parse_behaviour(str(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "fail:abc", "slow", "explode", "ok:1"])
+@pytest.mark.parametrize("text", ["", "fail:abc", "slow", "explode", "ok:1", "lag:10"])
 def test_bad_behaviour_is_named(text: str) -> None:
     with pytest.raises(ValueError, match="expected ok, fail:STATUS"):
         parse_behaviour(text)
@@ -53,3 +55,15 @@ async def test_behaviours_and_control_paths() -> None:
         await client.put("/_upstream/behaviour", content=b"ok")
         chunks = [c async for c in (await client.get("/stream")).aiter_bytes()]
         assert b"".join(chunks).count(b"chunk") == 10
+
+
+@pytest.mark.anyio
+async def test_lag_slows_that_share_of_answers() -> None:
+    app = FakeUpstream("lag:25:0.05", seed=3)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://u") as client:
+        slow = 0
+        for _ in range(40):
+            start = anyio.current_time()
+            assert (await client.get("/x")).status_code == 200
+            slow += anyio.current_time() - start >= 0.05
+        assert 3 <= slow <= 20  # about a quarter of 40, drawn from the seeded RNG
