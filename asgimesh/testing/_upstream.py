@@ -2,8 +2,9 @@
 
 Resilience code is only as good as the failures it has met. ``FakeUpstream`` answers every path
 with one configurable behaviour (``ok``, ``fail`` with a status, ``hang``, ``slow``, ``reset``, a
-percentage of failures, or of slow answers), counts what it receives, and can be switched at run time over HTTP, so a
-test or a chaos drill drives real uvicorn processes on loopback rather than mocks::
+percentage of failures, or of slow answers), counts what it receives, and can be switched at run
+time over HTTP, so a test or a chaos drill drives real uvicorn processes on loopback rather than
+mocks::
 
     uvicorn --factory asgimesh.testing:upstream_from_env --http h11   # UPSTREAM_BEHAVIOUR=fail:503
 
@@ -16,9 +17,10 @@ Paths under ``/stream`` answer (when ``ok``) ten chunks 20 ms apart. Behaviour s
 ``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
 ``flaky:50:503`` (that percent of requests fail with that status, drawn from a seeded RNG so runs
 repeat), ``lag:10:0.2`` (that percent of requests answer after that many seconds, the others at
-once: a replica with a latency tail, for hedged requests; drawn from the same RNG). ``reset`` closes the connection without an answer, as a crashed upstream does: it starts
-a response with a header h11 refuses, so uvicorn's h11 protocol drops the connection before any
-byte is written (run uvicorn with ``--http h11``).
+once: a replica with a latency tail, for hedged requests; drawn from the same RNG). ``reset``
+closes the connection without an answer, as a crashed upstream does: it starts a response with a
+header h11 refuses, so uvicorn's h11 protocol drops the connection before any byte is written
+(run uvicorn with ``--http h11``).
 """
 
 from __future__ import annotations
