@@ -6,8 +6,9 @@ on loopback): two answer at once, one answers 10% of its requests after 200 ms
 GETs go through ``AsyncMeshTransport`` three ways: no hedge, ``hedge: {delay: 20ms}`` and
 ``hedge: {delay: p95}``, each with the ``round_robin`` balancer (a caller that cannot tell the
 replicas apart, as kube-proxy or a plain client) and with the default ``p2c_ewma`` (which learns
-the slow replica and sends it less: what hedging adds on top of a latency-aware balancer). Each round runs every variant once (the
-order rotates per round, so the machine's drift lands on all of them); p50 and p99 are taken
+the slow replica and sends it less: what hedging adds on top of a latency-aware balancer). Each
+round runs every variant once (the order rotates per round, so the machine's drift lands on all
+of them); p50 and p99 are taken
 per round, then the median over rounds. Every answer must be a 200 from one of the replicas,
 the hedges the mesh counts must account for every request the replicas received beyond one per
 call, and the variant without hedging must have sent none.
@@ -135,7 +136,8 @@ async def run() -> str:
         "",
         f"Two replicas answer at once, the third answers 10% of its requests after 200 ms "
         f"(`{LAG}`). {ROUNDS} rounds of {CALLS} GETs per variant at concurrency "
-        f"{CONCURRENCY_HEDGE} through `AsyncMeshTransport`, the order rotating per round; p50 and p99 per round, medians over the rounds. Extra "
+        f"{CONCURRENCY_HEDGE} through `AsyncMeshTransport`, the order rotating per round; "
+        "p50 and p99 per round, medians over the rounds. Extra "
         "requests: hedges sent, as % of calls; won: hedges whose answer was the call's.",
         "",
         "| balancer | policy | p50 | p99 | p99 vs no hedge | extra requests | won "
