@@ -8,10 +8,9 @@ GETs go through ``AsyncMeshTransport`` three ways: no hedge, ``hedge: {delay: 20
 replicas apart, as kube-proxy or a plain client) and with the default ``p2c_ewma`` (which learns
 the slow replica and sends it less: what hedging adds on top of a latency-aware balancer). Each
 round runs every variant once (the order rotates per round, so the machine's drift lands on all
-of them); p50 and p99 are taken
-per round, then the median over rounds. Every answer must be a 200 from one of the replicas,
-the hedges the mesh counts must account for every request the replicas received beyond one per
-call, and the variant without hedging must have sent none.
+of them); p50 and p99 are taken per round, then the median over rounds. Every answer must be a
+200, the hedges the mesh counts must account for every request the replicas received beyond one
+per call, the variants without hedging must have sent none, and no try may be left outstanding.
 
 Run: ``bash bench/run.sh hedge`` (or ``.venv/bin/python bench/bench_hedge.py --no-write`` to
 print the section instead of writing it; ``BENCH_HEDGE_CALLS`` and ``BENCH_HEDGE_ROUNDS``
