@@ -64,7 +64,8 @@ def test_the_policy_takes_a_duration_or_a_percentile_and_a_bounded_max() -> None
         "hedge": {"delay": "50ms", "max": 2},
         "routes": [{"match": {"path": "/a"}, "hedge": {"delay": "P99"}},
                    {"match": {"path": "/b"}, "hedge": {"max": 0}},
-                   {"match": {"path": "/c"}}]}}}))
+                   {"match": {"path": "/c"}},
+                   {"match": {"path": "/d"}, "hedge": None}]}}}))
     pay = policy.services["pay"]
     assert pay.hedge is not None and pay.hedge.delay == 0.05 and pay.hedge.max == 2
     assert pay.routes[0].hedge is not None and pay.routes[0].hedge.delay == "p99"
@@ -73,6 +74,7 @@ def test_the_policy_takes_a_duration_or_a_percentile_and_a_bounded_max() -> None
     assert routes.config_for("GET", "/a").hedge == HedgeConfig(0.0, 0.99, 1)  # the route's own
     assert routes.config_for("GET", "/b").hedge is None  # max 0: this route opts out
     assert routes.config_for("GET", "/c").hedge == HedgeConfig(0.05, None, 2)  # inherited
+    assert routes.config_for("GET", "/d").hedge == HedgeConfig(0.05, None, 2)  # null: too
     assert routes.default.hedge is not None
     # The default delay is the service's p95; only a percentile hedge keeps a latency window.
     assert compile_policy(parse_policy('{"services": {"s": {"hedge": {}}}}')).services[
