@@ -94,7 +94,7 @@ def test_a_hedge_beats_the_slow_replica(mesh: Any, fake_upstreams: Any) -> None:
     assert fake_upstreams.stats(slow)["requests"] >= 1  # first tries did go there
     sent = sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent")
     won = sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="won")
-    assert sent >= 1 and won == sent
+    assert won >= 1 and won <= sent  # (a fast try slower than 20 ms on a busy machine: a hedge lost)
     assert sample(d.runtime, "mesh_outbound_requests_total", upstream="pay", method="GET",
                   status="200") == 6  # each call counted once, hedged or not
     hedged = [r for r, _ in results if r.json()["headers"]["mesh-attempt"] == "2"]
