@@ -67,6 +67,7 @@ def hedges(rt: MeshRuntime, result: str) -> float:
 
 
 async def run() -> str:
+    load_before = os.getloadavg()[0]
     replicas = [Upstream("ok", "r0"), Upstream("ok", "r1"), Upstream(LAG, "lagging")]
     urls = [r.url for r in replicas]
     names = list(VARIANTS)
@@ -109,6 +110,7 @@ async def run() -> str:
             await client.aclose()
         for r in replicas:
             r.stop()
+    load = (load_before, os.getloadavg()[0])
     total = CALLS * ROUNDS
     rows = []
     for name in names:
@@ -146,6 +148,11 @@ async def run() -> str:
         "",
         f"**{_sentence('; '.join(verdicts))}.** Every answer was a 200; each round's requests "
         "at the replicas were between one per call and one per call plus the hedges sent.",
+        "",
+        f"Machine load average (1 minute) at the start and end of the run: {load[0]:.1f} and "
+        f"{load[1]:.1f} on {os.cpu_count()} cores; the client, the three replicas and whatever "
+        "else runs share them, so the hedges' own latency (a second request, on a busy core) "
+        "moves with it: compare the rows of one run.",
     ])
 
 
