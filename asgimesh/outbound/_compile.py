@@ -19,6 +19,7 @@ from ..policy import (
     Defaults,
     Fault,
     OutlierDetection,
+    Overrides,
     Policy,
     Retries,
     RetriesOverride,
@@ -28,6 +29,7 @@ from ..policy import (
     SplitTarget,
     ValueMatch,
 )
+from ._overrides import DEFAULT_BOUNDS, OverrideBounds
 
 __all__ = [
     "BackendConfig",
@@ -81,6 +83,8 @@ class CallConfig:
     fault: FaultConfig | None
     #: The service a route sends its calls to instead of the one called (``None``: that one).
     service: str | None = None
+    #: How far a request's own overrides may loosen this config (``_overrides``).
+    overrides: OverrideBounds = DEFAULT_BOUNDS
 
     def is_idempotent(self, method: str) -> bool:
         return self.idempotent if self.idempotent is not None else method in IDEMPOTENT_METHODS
@@ -200,6 +204,7 @@ def _call_config(
     split: tuple[SplitTarget, ...],
     fault: Fault | None,
     service: str | None = None,
+    overrides: Overrides | None = None,
 ) -> CallConfig:
     on = retries.on
     return CallConfig(
@@ -215,6 +220,17 @@ def _call_config(
         split=tuple((t.service, t.weight) for t in split if t.weight > 0),
         fault=FaultConfig.of(fault),
         service=service,
+        overrides=DEFAULT_BOUNDS if overrides is None else _bounds(overrides),
+    )
+
+
+def _bounds(overrides: Overrides) -> OverrideBounds:
+    return OverrideBounds(
+        headers=overrides.headers,
+        min_timeout=overrides.min_timeout,
+        max_timeout=overrides.max_timeout or None,
+        max_retries=overrides.max_retries or 0,
+        idempotent=overrides.idempotent,
     )
 
 
@@ -224,7 +240,9 @@ def _service_routes(name: str, defaults: Defaults, service: ServicePolicy) -> Se
         service.per_try_timeout if service.per_try_timeout is not None else defaults.per_try_timeout
     )
     retries = _merge_retries(defaults.retries, service.retries)
-    default = _call_config(timeout, per_try, retries, None, service.split, service.fault)
+    default = _call_config(
+        timeout, per_try, retries, None, service.split, service.fault, None, service.overrides
+    )
     return ServiceRoutes(
         name=name,
         default=default,
@@ -245,6 +263,7 @@ def _route(
         route.split if route.split is not None else service.split,
         route.fault if route.fault is not None else service.fault,
         route.service,
+        route.overrides if route.overrides is not None else service.overrides,
     )
     return _CompiledRoute(
         method=route.match.method,

@@ -19,6 +19,7 @@ class UpstreamMetrics:
     __slots__ = (
         "_ejections",
         "_metrics",
+        "_overrides",
         "_refusals",
         "_requests",
         "_retries",
@@ -33,6 +34,7 @@ class UpstreamMetrics:
         self._retries: dict[str, Any] = {}
         self._refusals: dict[str, Any] = {}
         self._ejections: Any = None
+        self._overrides: dict[bool, Any] = {}
         self.duration = metrics.outbound_duration.labels(metrics.service, upstream)
 
     def request(self, method: str, status: int | str, seconds: float) -> None:
@@ -63,6 +65,16 @@ class UpstreamMetrics:
                 self._metrics.service, self.upstream, kind
             )
             self._refusals[kind] = child
+        child.inc()
+
+    def override(self, clamped: bool) -> None:
+        """A request's own overrides applied (``clamped``: at least one held to a bound)."""
+        child = self._overrides.get(clamped)
+        if child is None:
+            child = self._metrics.outbound_overrides.labels(
+                self._metrics.service, self.upstream, "clamped" if clamped else "applied"
+            )
+            self._overrides[clamped] = child
         child.inc()
 
     def ejection(self, endpoint: str, seconds: float, failures: int) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "LoadBalancer",
     "OutlierDetection",
     "OutlierOverride",
+    "Overrides",
     "Policy",
     "RateLimit",
     "Retries",
@@ -267,6 +268,33 @@ class RouteMatch(_Model):
     ] = {}
 
 
+class Overrides(_Model):
+    """How far a request's own overrides (the httpx extension ``mesh``, ``mesh-timeout``-style
+    headers) may loosen its call's policy. Tightening (a shorter timeout, fewer retries) is
+    always allowed; by default the policy's own values are the ceiling."""
+
+    #: Read the ``mesh-timeout``, ``mesh-per-try-timeout``, ``mesh-retries`` and
+    #: ``mesh-idempotent`` request headers (``false``: only the extension counts).
+    headers: bool = True
+    #: No per-request timeout below this (0: no floor).
+    min_timeout: Duration = 0.0
+    #: A request may raise its timeouts up to this (default: not above the policy's).
+    max_timeout: Duration | None = None
+    #: A request may ask for up to this many retries (default: not more than the policy's).
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    #: A request may mark itself idempotent (retryable whatever its method).
+    idempotent: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> Overrides:
+        if self.max_timeout is not None and 0 < self.max_timeout < self.min_timeout:
+            raise ValueError(
+                f"expected min_timeout <= max_timeout, got {self.min_timeout:g}s > "
+                f"{self.max_timeout:g}s"
+            )
+        return self
+
+
 class Route(_Model):
     match: RouteMatch = RouteMatch()
     #: Send matching calls to this service instead (its endpoints, balancer and outlier
@@ -279,6 +307,8 @@ class Route(_Model):
     idempotent: bool | None = None
     split: tuple[SplitTarget, ...] | None = None
     fault: Fault | None = None
+    #: What a request may override of this route's settings (default: the service's).
+    overrides: Overrides | None = None
 
     @field_validator("split")
     @classmethod
@@ -308,6 +338,8 @@ class ServicePolicy(_Model):
     routes: tuple[Route, ...] = ()
     split: tuple[SplitTarget, ...] = ()
     fault: Fault | None = None
+    #: What a request may override of this service's settings (timeout, retries, idempotency).
+    overrides: Overrides | None = None
     #: The SPIFFE ID its ``https://`` endpoints must present, where it is not the mesh's
     #: default for the service's name (``spiffe://<trust domain>/ns/<namespace>/sa/<name>``):
     #: another namespace's service, a differently named workload, a federated trust domain.
