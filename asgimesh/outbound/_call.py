@@ -53,6 +53,7 @@ class Call:
         "_given_timeout",
         "abort",
         "attempt",
+        "by_zone",
         "config",
         "context",
         "deadline",
@@ -87,8 +88,11 @@ class Call:
         delay: float = 0.0,
         abort: int | None = None,
         strict: bool = False,
+        by_zone: bool = False,
     ) -> None:
         self.upstream = upstream
+        #: ``zone_affinity``: tries prefer the caller's zone (``_zones``).
+        self.by_zone = by_zone
         #: ``MESH_MTLS=strict``: a try may only go to an ``https://`` (mTLS) endpoint.
         self.strict = strict
         self.config = config
@@ -277,7 +281,7 @@ class Call:
         remaining = self.remaining(now)
         if remaining is not None and remaining <= 0:
             raise Refusal("deadline", self.deadline_message())
-        endpoint = self.upstream.pick(now, self.tried)
+        endpoint = self.upstream.pick(now, self.tried, self.by_zone)
         if self.strict and endpoint.scheme != "https":
             raise Refusal(
                 "plaintext",

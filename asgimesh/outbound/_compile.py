@@ -85,6 +85,8 @@ class CallConfig:
     service: str | None = None
     #: How far a request's own overrides may loosen this config (``_overrides``).
     overrides: OverrideBounds = DEFAULT_BOUNDS
+    #: Prefer endpoints in the caller's zone (``None``: as the service called says).
+    zone_affinity: bool | None = None
 
     def is_idempotent(self, method: str) -> bool:
         return self.idempotent if self.idempotent is not None else method in IDEMPOTENT_METHODS
@@ -102,6 +104,10 @@ class BackendConfig:
     budget: RetryBudget
     #: The ID its ``https://`` endpoints must present (``None``: the default for its name).
     identity: str | None = None
+    #: ``(url, zone)`` of the endpoints the policy gives a zone, and whether calls to this
+    #: service prefer the caller's zone.
+    zones: tuple[tuple[str, str], ...] = ()
+    zone_affinity: bool = False
 
 
 #: Reads one request header (case-insensitive), as ``httpx.Headers.get`` does.
@@ -205,6 +211,7 @@ def _call_config(
     fault: Fault | None,
     service: str | None = None,
     overrides: Overrides | None = None,
+    zone_affinity: bool | None = None,
 ) -> CallConfig:
     on = retries.on
     return CallConfig(
@@ -221,6 +228,7 @@ def _call_config(
         fault=FaultConfig.of(fault),
         service=service,
         overrides=DEFAULT_BOUNDS if overrides is None else _bounds(overrides),
+        zone_affinity=zone_affinity,
     )
 
 
@@ -264,6 +272,7 @@ def _route(
         route.fault if route.fault is not None else service.fault,
         route.service,
         route.overrides if route.overrides is not None else service.overrides,
+        route.zone_affinity,
     )
     return _CompiledRoute(
         method=route.match.method,
@@ -283,12 +292,14 @@ def _backend(name: str, defaults: Defaults, service: ServicePolicy) -> BackendCo
         )
     return BackendConfig(
         name=name,
-        endpoints=service.endpoints,
+        endpoints=service.endpoint_urls(),
         dns=service.dns,
         load_balancer=service.load_balancer or defaults.load_balancer,
         outlier=outlier,
         budget=_merge_retries(defaults.retries, service.retries).budget,
         identity=service.identity,
+        zones=service.endpoint_zones(),
+        zone_affinity=bool(service.zone_affinity),
     )
 
 

@@ -26,6 +26,7 @@ from ._model import (
     ServicePolicy,
     SplitTarget,
     ValueMatch,
+    ZonedEndpoint,
     parse_dns_target,
 )
 from ._signed import (
@@ -63,6 +64,7 @@ __all__ = [
     "StaleEnvelopeError",
     "ValueMatch",
     "VerifiedPolicy",
+    "ZonedEndpoint",
     "check_freshness",
     "format_for",
     "format_validation_error",

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from .._durations import parse_duration
-from .._wire import HTTP_METHODS, SERVICE_NAME
+from .._wire import HTTP_METHODS, SERVICE_NAME, ZONE_NAME_EXPECTED, is_zone_name
 from ..identity import is_spiffe_id
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "ServicePolicy",
     "SplitTarget",
     "ValueMatch",
+    "ZonedEndpoint",
     "parse_dns_target",
 ]
 
@@ -309,6 +310,8 @@ class Route(_Model):
     fault: Fault | None = None
     #: What a request may override of this route's settings (default: the service's).
     overrides: Overrides | None = None
+    #: As the service's ``zone_affinity``, for matching calls.
+    zone_affinity: bool | None = None
 
     @field_validator("split")
     @classmethod
@@ -326,8 +329,36 @@ class Route(_Model):
         return value
 
 
+def _endpoint_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http:// or https:// URLs, got {url[:200]!r}")
+    return url.rstrip("/")
+
+
+class ZonedEndpoint(_Model):
+    """An endpoint with the zone it runs in, for ``zone_affinity``."""
+
+    url: str
+    #: The zone it runs in (``us-east-1a``), compared with the caller's ``MESH_ZONE``.
+    zone: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _endpoint_url(value)
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if not is_zone_name(value):
+            raise ValueError(f"expected {ZONE_NAME_EXPECTED}, got {value[:100]!r}")
+        return value
+
+
 class ServicePolicy(_Model):
-    endpoints: tuple[str, ...] = ()
+    #: Origins, each a URL or ``{url, zone}``.
+    endpoints: tuple[str | ZonedEndpoint, ...] = ()
     #: ``host:port`` whose A/AAAA records are this service's endpoints (a headless service).
     dns: str | None = None
     timeout: Duration | None = None
@@ -340,6 +371,9 @@ class ServicePolicy(_Model):
     fault: Fault | None = None
     #: What a request may override of this service's settings (timeout, retries, idempotency).
     overrides: Overrides | None = None
+    #: Prefer endpoints in this instance's zone (``MESH_ZONE``) while they are healthy and
+    #: not overloaded; the others take the spill-over (``docs/outbound.md``).
+    zone_affinity: bool | None = None
     #: The SPIFFE ID its ``https://`` endpoints must present, where it is not the mesh's
     #: default for the service's name (``spiffe://<trust domain>/ns/<namespace>/sa/<name>``):
     #: another namespace's service, a differently named workload, a federated trust domain.
@@ -356,12 +390,15 @@ class ServicePolicy(_Model):
 
     @field_validator("endpoints")
     @classmethod
-    def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
-        for url in endpoints:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
-        return tuple(url.rstrip("/") for url in endpoints)
+    def _urls(cls, endpoints: tuple[str | ZonedEndpoint, ...]) -> tuple[str | ZonedEndpoint, ...]:
+        return tuple(e if isinstance(e, ZonedEndpoint) else _endpoint_url(e) for e in endpoints)
+
+    def endpoint_urls(self) -> tuple[str, ...]:
+        return tuple(e.url if isinstance(e, ZonedEndpoint) else e for e in self.endpoints)
+
+    def endpoint_zones(self) -> tuple[tuple[str, str], ...]:
+        """``(url, zone)`` of the endpoints given with a zone."""
+        return tuple((e.url, e.zone) for e in self.endpoints if isinstance(e, ZonedEndpoint))
 
     @field_validator("dns")
     @classmethod

@@ -105,6 +105,13 @@ class MeshMetrics:
             ["service", "upstream", "result"],
             registry=r,
         )
+        self.outbound_zone_tries = Counter(
+            "mesh_outbound_zone_tries",
+            "Tries of calls with zone_affinity, by upstream and locality (local: in the "
+            "caller's MESH_ZONE; remote: spilled over to another zone).",
+            ["service", "upstream", "locality"],
+            registry=r,
+        )
         self.outbound_ejections = Counter(
             "mesh_outbound_ejections",
             "Endpoints ejected by outlier detection.",
