@@ -20,6 +20,7 @@ from ..policy import (
     Fault,
     Hedge,
     OutlierDetection,
+    Overrides,
     Policy,
     Retries,
     RetriesOverride,
@@ -29,6 +30,7 @@ from ..policy import (
     SplitTarget,
     ValueMatch,
 )
+from ._overrides import DEFAULT_BOUNDS, OverrideBounds
 
 __all__ = [
     "BackendConfig",
@@ -104,6 +106,10 @@ class CallConfig:
     fault: FaultConfig | None
     #: The service a route sends its calls to instead of the one called (``None``: that one).
     service: str | None = None
+    #: How far a request's own overrides may loosen this config (``_overrides``).
+    overrides: OverrideBounds = DEFAULT_BOUNDS
+    #: Prefer endpoints in the caller's zone (``None``: as the service called says).
+    zone_affinity: bool | None = None
     #: Hedged requests (``None``: none, the call is one try at a time).
     hedge: HedgeConfig | None = None
 
@@ -123,6 +129,10 @@ class BackendConfig:
     budget: RetryBudget
     #: The ID its ``https://`` endpoints must present (``None``: the default for its name).
     identity: str | None = None
+    #: ``(url, zone)`` of the endpoints the policy gives a zone, and whether calls to this
+    #: service prefer the caller's zone.
+    zones: tuple[tuple[str, str], ...] = ()
+    zone_affinity: bool = False
     #: Whether a hedge policy with a percentile delay (``p95``) sends calls here: only then
     #: does the service keep a window of its tries' latencies.
     latency_window: bool = False
@@ -228,6 +238,8 @@ def _call_config(
     split: tuple[SplitTarget, ...],
     fault: Fault | None,
     service: str | None = None,
+    overrides: Overrides | None = None,
+    zone_affinity: bool | None = None,
     hedge: Hedge | None = None,
 ) -> CallConfig:
     on = retries.on
@@ -244,7 +256,19 @@ def _call_config(
         split=tuple((t.service, t.weight) for t in split if t.weight > 0),
         fault=FaultConfig.of(fault),
         service=service,
+        overrides=DEFAULT_BOUNDS if overrides is None else _bounds(overrides),
+        zone_affinity=zone_affinity,
         hedge=HedgeConfig.of(hedge),
+    )
+
+
+def _bounds(overrides: Overrides) -> OverrideBounds:
+    return OverrideBounds(
+        headers=overrides.headers,
+        min_timeout=overrides.min_timeout,
+        max_timeout=overrides.max_timeout or None,
+        max_retries=overrides.max_retries or 0,
+        idempotent=overrides.idempotent,
     )
 
 
@@ -255,7 +279,15 @@ def _service_routes(name: str, defaults: Defaults, service: ServicePolicy) -> Se
     )
     retries = _merge_retries(defaults.retries, service.retries)
     default = _call_config(
-        timeout, per_try, retries, None, service.split, service.fault, hedge=service.hedge
+        timeout,
+        per_try,
+        retries,
+        None,
+        service.split,
+        service.fault,
+        None,
+        service.overrides,
+        hedge=service.hedge,
     )
     return ServiceRoutes(
         name=name,
@@ -277,6 +309,8 @@ def _route(
         route.split if route.split is not None else service.split,
         route.fault if route.fault is not None else service.fault,
         route.service,
+        route.overrides if route.overrides is not None else service.overrides,
+        route.zone_affinity,
         route.hedge if route.hedge is not None else service.hedge,
     )
     return _CompiledRoute(
@@ -297,12 +331,14 @@ def _backend(name: str, defaults: Defaults, service: ServicePolicy) -> BackendCo
         )
     return BackendConfig(
         name=name,
-        endpoints=service.endpoints,
+        endpoints=service.endpoint_urls(),
         dns=service.dns,
         load_balancer=service.load_balancer or defaults.load_balancer,
         outlier=outlier,
         budget=_merge_retries(defaults.retries, service.retries).budget,
         identity=service.identity,
+        zones=service.endpoint_zones(),
+        zone_affinity=bool(service.zone_affinity),
     )
 
 

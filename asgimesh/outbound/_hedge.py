@@ -16,7 +16,8 @@ counted ``budget``), and is never sent when it would start at the deadline; the 
 answer wins: an answer the plain call would retry (a 503) while another try is in flight is
 dropped in favour of waiting for that try, not retried on top of it; a loser is not a failure of
 its endpoint (its elapsed time only teaches the balancer and the latency window how slow it was).
-Hedges do not use up ``retries.attempts``: they have their own bound, ``hedge.max``.
+Hedges do not use up ``retries.attempts``: they have their own bound, ``hedge.max``. A
+per-request override that makes the call not idempotent (``_overrides``) stops its hedging.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class HedgedCall(Call):
         delay: float = 0.0,
         abort: int | None = None,
         strict: bool = False,
+        by_zone: bool = False,
     ) -> None:
         super().__init__(
             upstream,
@@ -95,6 +97,7 @@ class HedgedCall(Call):
             delay=delay,
             abort=abort,
             strict=strict,
+            by_zone=by_zone,
         )
         assert config.hedge is not None, "the planner hedges only calls whose policy does"
         self.hedge: HedgeConfig = config.hedge
@@ -147,7 +150,12 @@ class HedgedCall(Call):
         """Seconds until the next hedge is due (``0``: now), counted from the latest try's
         start; ``None`` when no hedge is to come (all sent, none possible, no estimate yet,
         nothing in flight, or it would start at the deadline)."""
-        if not self._hedging or self.hedges >= self.hedge.max or not self.inflight:
+        if (
+            not self._hedging
+            or self.hedges >= self.hedge.max
+            or not self.inflight
+            or not self.idempotent  # a per-request override said otherwise
+        ):
             return None
         delay = self.hedge_delay(now)
         if delay is None:
@@ -173,6 +181,7 @@ class HedgedCall(Call):
             not self._hedging
             or self.hedges >= self.hedge.max
             or not self.inflight
+            or not self.idempotent
             or delay is None
             or (remaining is not None and remaining <= DEADLINE_SLACK)
         ):
@@ -181,9 +190,9 @@ class HedgedCall(Call):
         upstream = self.upstream
         try:
             # Untried endpoints first (as a retry), else any not in flight now.
-            endpoint = upstream.pick(now, self.tried)
+            endpoint = upstream.pick(now, self.tried, self.by_zone)
             if endpoint in busy:
-                endpoint = upstream.pick(now, busy)
+                endpoint = upstream.pick(now, busy, self.by_zone)
         except Refusal:
             return None
         if endpoint in busy:

@@ -392,3 +392,24 @@ def test_window_gives_its_estimate_as_soon_as_it_has_the_samples() -> None:
         assert window.quantile(0.95, 1.0) is None  # asked at every call, as a call would
         window.observe(0.01, 1.0)
     assert window.quantile(0.95, 1.0) == 0.01  # not one refresh period later
+
+
+def test_a_request_that_says_it_is_not_idempotent_is_not_hedged() -> None:
+    call = make()
+    step = call.start([], None, 0.0, {"idempotent": False})
+    assert isinstance(step, Send)
+    assert call.hedge_wait(0.0) is None and call.hedge_due(0.05) is None
+    assert hedges(call, "sent") == 0
+
+
+def test_a_zone_affine_call_hedges_with_its_zone_preference() -> None:
+    doc = {"endpoints": [{"url": ENDPOINTS[0], "zone": "a"}, {"url": ENDPOINTS[1], "zone": "a"},
+                         {"url": ENDPOINTS[2], "zone": "b"}],
+           "zone_affinity": True, **HEDGE}
+    up = Upstream(backend_config(doc), MeshMetrics("test"), random.Random(1), 0.0, zone="a")
+    call = HedgedCall(up, call_config(doc), "GET", replayable=True, now=0.0,
+                      rng=random.Random(2), by_zone=True)
+    one = first(call)
+    assert isinstance(call.hedge_due(0.05), Send)
+    two = call.latest
+    assert two is not None and {one.endpoint.url, two.endpoint.url} == set(ENDPOINTS[:2])
