@@ -222,6 +222,9 @@ class HedgedCall(Call):
         try is in flight: closed, and that try awaited instead. ``Sleep``: retry it, as the
         plain call would (nothing else in flight)."""
         self._select(tried)
+        window = self.upstream.latency
+        if window is not None and status < 500:
+            window.observe(now - tried.started, now)
         if (
             self.inflight
             and status in self.config.retry_statuses

@@ -1,13 +1,15 @@
 """A service's recent try latencies, for hedges whose delay is a percentile (``p95``). Pure.
 
-A ring of the last :data:`SIZE` tries' latencies with the time of each: a quantile is read from
-the samples of the last :data:`MAX_AGE` seconds only, so the estimate follows the service both
-when it is busy (old samples are overwritten) and when it is quiet (they age out). Sorting 256
-floats takes a few microseconds, so the sorted view is refreshed at most every
-:data:`REFRESH_SAMPLES` new samples or :data:`REFRESH_SECONDS` (and, until there is an
-estimate, at each new sample), not per call; recording a sample is four stores. Only services a
-percentile hedge calls keep one (``latency_window`` of their :class:`~._compile.BackendConfig`);
-every other service pays one ``None`` check per answer.
+The tries are those of the service's hedged calls (answers below 500, and the losers' times):
+the class of requests the percentile is for, as *The Tail at Scale* puts it, and a plain call
+never pays for recording. A ring of the last :data:`SIZE` tries' latencies with the time of
+each: a quantile is read from the samples of the last :data:`MAX_AGE` seconds only, so the
+estimate follows the service both when it is busy (old samples are overwritten) and when it is
+quiet (they age out). Sorting 256 floats takes a few microseconds, so the sorted view is
+refreshed at most every :data:`REFRESH_SAMPLES` new samples or :data:`REFRESH_SECONDS` (and,
+until there is an estimate, at each new sample), not per call; recording a sample is four
+stores. Only services a
+percentile hedge calls keep one (``latency_window`` of their :class:`~._compile.BackendConfig`).
 
 Without :data:`MIN_SAMPLES` fresh samples there is no estimate (``None``), and a call hedges
 only once there is one: a p95 of five samples is noise, and a delay guessed too short doubles the

@@ -15,17 +15,14 @@ below is only the difference between ``await x()`` and ``x()``.
 from __future__ import annotations
 
 import math
-import queue
 import socket
 import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Generic, Self
+from typing import TYPE_CHECKING, Generic, Self
 
 import anyio
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._runtime import MeshRuntime, get_runtime
 from ..identity import MeshClientContext, identity_mismatch, service_id
@@ -44,6 +41,12 @@ from ._protocols import (
 )
 from ._refusal import Refusal
 from ._steps import WAIT, Done, Fail, Resolve, Respond, Send, Sleep, Step, Wait
+
+if TYPE_CHECKING:  # only hedged calls use them: not imported for every service
+    import queue
+
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["AsyncMeshShell", "SyncMeshShell"]
 
@@ -674,7 +677,7 @@ class SyncMeshShell(_Shell[Req, Resp]):
                 elif isinstance(step, Wait):
                     try:
                         tried, result = race.results.get(timeout=call.hedge_wait(clock()))
-                    except queue.Empty:  # the hedge is due
+                    except race.Empty:  # the hedge is due
                         step = call.hedge_due(clock()) or WAIT
                         continue
                     traced = spans.pop(tried, None)
@@ -755,7 +758,7 @@ class SyncMeshShell(_Shell[Req, Resp]):
             while True:
                 try:
                     late.append(race.results.get_nowait())
-                except queue.Empty:
+                except race.Empty:
                     break
         for tried, result in late:
             self._lose(call, tried, result, race, spans.pop(tried, None))
@@ -828,9 +831,12 @@ class _SyncRace(Generic[Resp]):
     """What a sync hedged call's threads share: their results, and whether the race is over
     (a try that ends after it is a loser, released by its own thread)."""
 
-    __slots__ = ("lock", "over", "results")
+    __slots__ = ("Empty", "lock", "over", "results")
 
     def __init__(self) -> None:
+        import queue  # on the first hedged call, not for every service that imports the mesh
+
+        self.Empty = queue.Empty
         self.lock = threading.Lock()
         self.over = False
         self.results: queue.SimpleQueue[_Result[Resp]] = queue.SimpleQueue()

@@ -57,7 +57,8 @@ class Upstream:
         budget = config.budget
         self.budget = RetryBudgetWindow(budget.ratio, budget.min_per_second, budget.ttl, now)
         self.dns = DnsRecords(config.dns) if config.dns else None
-        #: Recent try latencies, kept only while a percentile hedge (``p95``) calls here.
+        #: Recent latencies of hedged calls' tries, kept only while a percentile hedge
+        #: (``p95``) calls here; fed by :class:`~._hedge.HedgedCall`, never by a plain call.
         self.latency = LatencyWindow() if config.latency_window else None
         self.set_endpoints(config.endpoints, now)
 
@@ -126,9 +127,6 @@ class Upstream:
 
     def succeeded(self, endpoint: Endpoint, rtt: float, now: float) -> None:
         endpoint.observe(rtt, now)
-        latency = self.latency
-        if latency is not None:
-            latency.observe(rtt, now)
         if endpoint.failures or endpoint.probing or endpoint.times_ejected:
             record_success(endpoint, self.rules, now)
 

@@ -155,12 +155,22 @@ def test_window_has_a_floor_and_keeps_only_the_latest_samples() -> None:
 
 
 def test_window_is_kept_only_while_a_percentile_hedge_calls_the_service() -> None:
-    up = Upstream(backend_config({"hedge": {"delay": "p95"}}), MeshMetrics("t"), random.Random(1), 0.0)
+    service = {"endpoints": ENDPOINTS, "hedge": {"delay": "p95"}}
+    up = Upstream(backend_config(service), MeshMetrics("t"), random.Random(1), 0.0)
     assert up.latency is not None
-    endpoint = up.endpoints[0]
-    up.succeeded(endpoint, 0.02, 1.0)
-    up.failed(endpoint, 0.5, 1.0, 1.0)  # a failure is no latency sample
+    call = make(service, upstream=up)
+    one = first(call)
+    assert isinstance(call.try_answered(one, 200, None, 0.02), Done)
+    assert up.latency._count == 1 and up.latency._values[0] == pytest.approx(0.02)
+    call = make(service, upstream=up)
+    one = first(call)
+    call.try_answered(one, 500, None, 0.5)  # a failure is no latency sample
     assert up.latency._count == 1
+    plain = Call(up, call_config(service, method="POST"), "POST", replayable=True, now=0.0,
+                 rng=random.Random(2))
+    assert isinstance(plain.start([], None, 0.0), Send)
+    plain.answered(200, None, 0.03)
+    assert up.latency._count == 1  # a plain call to the same service neither records nor pays
     up.configure(backend_config({"hedge": {"delay": "50ms"}}), 2.0)
     assert up.latency is None
     plain = Upstream(backend_config(), MeshMetrics("t"), random.Random(1), 0.0)
@@ -300,9 +310,9 @@ def test_p95_mode_waits_for_samples_then_uses_the_percentile() -> None:
     call = make(service, upstream=up)
     first(call)
     assert call.hedge_wait(0.0) is None  # no estimate yet: no hedge (not a guess)
-    endpoint = up.endpoints[0]
+    assert up.latency is not None
     for i in range(1, 101):
-        up.succeeded(endpoint, i / 1000, 1.0)
+        up.latency.observe(i / 1000, 1.0)
     call = make(service, upstream=up, now=2.0)
     first(call, 2.0)
     assert call.hedge_wait(2.0) == pytest.approx(0.095)
