@@ -116,3 +116,15 @@ def test_lazy_names_are_listed_and_unknown_ones_refused() -> None:
 
     assert JWTIssuer.__name__ == "JWTIssuer"
     assert ControlPlaneSource.__name__ == "ControlPlaneSource"
+
+
+def test_the_transport_leaves_what_only_hedged_calls_use_unimported() -> None:
+    """A service that hedges nothing does not carry anyio's task groups and streams or
+    ``queue``: they are imported on the first hedged call."""
+    seen = _fresh(
+        "import json, sys\n"
+        "import asgimesh.outbound\n"
+        "print(json.dumps({'loaded': [m for m in ['anyio.abc', 'anyio.streams.memory', 'queue']"
+        " if m in sys.modules]}))"
+    )
+    assert seen["loaded"] == []
