@@ -254,15 +254,18 @@ class HedgedCall(Call):
             self.upstream.failed(tried.endpoint, now - tried.started, self._penalty(), now)
         return WAIT
 
-    def cancelled(self, tried: Try, now: float) -> None:
+    def cancelled(self, tried: Try, now: float, *, failed: bool = False) -> None:
         """``tried`` lost the race and was cancelled (or its late answer closed): released,
         and not a failure of its endpoint. What it took until now is a lower bound of its
         latency: the balancer learns of a slow endpoint (a peak is taken at once), and the
-        latency window keeps the slow tail that hedging would otherwise hide from it."""
+        latency window keeps the slow tail that hedging would otherwise hide from it.
+        ``failed``: it ended in an error after the race (sync), which is no latency at all."""
         if tried not in self.inflight:
             return  # already released (the call was abandoned)
         self.inflight.remove(tried)
         self.release(tried.endpoint)
+        if failed:
+            return
         elapsed = now - tried.started
         endpoint = tried.endpoint
         if elapsed > endpoint.estimate(now):

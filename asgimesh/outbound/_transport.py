@@ -742,10 +742,11 @@ class SyncMeshShell(_Shell[Req, Resp]):
         race: _SyncRace[Resp],
         traced: TrySpan | None,
     ) -> None:
+        failed = isinstance(result, Exception)
         if not isinstance(result, Exception):
             self._discard(result)
         with race.lock:
-            call.cancelled(tried, self._planner.clock())
+            call.cancelled(tried, self._planner.clock(), failed=failed)
         if traced is not None:
             traced.lost()
 

@@ -330,6 +330,10 @@ def test_a_loser_feeds_the_window_its_elapsed_time() -> None:
     one = first(call)
     call.cancelled(one, 0.4)
     assert up.latency._values[0] == pytest.approx(0.4)
+    second = make(service, upstream=up)
+    two = first(second)
+    second.cancelled(two, 0.5, failed=True)  # a late error is no latency
+    assert up.latency._count == 1 and two.endpoint.outstanding == 0
 
 
 def test_a_retryable_answer_while_another_try_is_in_flight_waits_for_it() -> None:
