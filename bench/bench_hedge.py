@@ -1,16 +1,18 @@
-"""Hedged requests: p50/p99 of one service with one slow replica, with and without hedging.
+"""Hedged requests: p50/p99 of one service whose replicas have a latency tail, with and without.
 
-Three replicas of one service (``asgimesh.testing.FakeUpstream`` under real uvicorn processes
-on loopback): two answer at once, one answers 10% of its requests after 200 ms
-(``lag:10:0.2``), the latency tail a GC pause or a noisy neighbour gives a replica. The same
-GETs go through ``AsyncMeshTransport`` three ways: no hedge, ``hedge: {delay: 20ms}`` and
-``hedge: {delay: p95}``, each with the ``round_robin`` balancer (a caller that cannot tell the
-replicas apart, as kube-proxy or a plain client) and with the default ``p2c_ewma`` (which learns
-the slow replica and sends it less: what hedging adds on top of a latency-aware balancer). Each
-round runs every variant once (the order rotates per round, so the machine's drift lands on all
-of them); p50 and p99 are taken per round, then the median over rounds. Every answer must be a
-200, the hedges the mesh counts must account for every request the replicas received beyond one
-per call, the variants without hedging must have sent none, and no try may be left outstanding.
+Replicas of one service (``asgimesh.testing.FakeUpstream`` under real uvicorn processes on
+loopback). First, one slow replica: two answer at once, one answers 10% of its requests after
+200 ms (``lag:10:0.2``), the tail a GC pause or a noisy neighbour gives a replica; the GETs go
+through ``AsyncMeshTransport`` with no hedge, ``hedge: {delay: 20ms}`` and ``hedge: {delay:
+p95}``, each with the ``round_robin`` balancer (a caller that cannot tell the replicas apart, as
+kube-proxy or a plain client) and with the default ``p2c_ewma`` (which learns the slow replica
+and sends it less: what hedging adds on top of a latency-aware balancer). Second, every replica
+slow now and then: three that each answer 3% of their requests after 200 ms (``lag:3:0.2``), a
+tail no balancer can steer around (``p2c_ewma`` only). Each round runs every variant once (the
+order rotates per round, so the machine's drift lands on all of them); p50 and p99 are taken per
+round, then the median over rounds. Every answer must be a 200, the hedges the mesh counts must
+account for every request the replicas received beyond one per call, the variants without
+hedging must have sent none, and no try may be left outstanding.
 
 Run: ``bash bench/run.sh hedge`` (or ``.venv/bin/python bench/bench_hedge.py --no-write`` to
 print the section instead of writing it; ``BENCH_HEDGE_CALLS`` and ``BENCH_HEDGE_ROUNDS``
@@ -41,14 +43,16 @@ CALLS = int(os.environ.get("BENCH_HEDGE_CALLS", "1000"))
 ROUNDS = int(os.environ.get("BENCH_HEDGE_ROUNDS", "7"))
 CONCURRENCY_HEDGE = int(os.environ.get("BENCH_HEDGE_CONCURRENCY", str(min(CONCURRENCY, 8))))
 LAG = "lag:10:0.2"
+#: The second scenario: every replica slow now and then, at random (no replica to avoid).
+EVERY_LAG = "lag:3:0.2"
 HEDGES: dict[str, dict[str, object] | None] = {
     "no hedge": None,
     "hedge: {delay: 20ms}": {"delay": "20ms"},
     "hedge: {delay: p95}": {"delay": "p95"},
 }
 BALANCERS = ("round_robin", "p2c_ewma")
-#: ``(balancer, hedge)`` -> the hedge policy.
-VARIANTS = {(b, h): policy for b in BALANCERS for h, policy in HEDGES.items()}
+#: A variant: ``(balancer, hedge)``.
+Variant = tuple[str, str]
 
 
 def runtime(urls: list[str], balancer: str, hedge: dict[str, object] | None) -> MeshRuntime:
@@ -66,16 +70,17 @@ def hedges(rt: MeshRuntime, result: str) -> float:
     return value or 0.0
 
 
-async def run() -> str:
-    load_before = os.getloadavg()[0]
-    replicas = [Upstream("ok", "r0"), Upstream("ok", "r1"), Upstream(LAG, "lagging")]
+async def scenario(behaviours: list[str], balancers: tuple[str, ...]) -> list[str]:
+    """Every ``(balancer, hedge)`` variant against replicas with ``behaviours``, alternating;
+    the table's lines and the verdict."""
+    replicas = [Upstream(b, f"r{i}") for i, b in enumerate(behaviours)]
     urls = [r.url for r in replicas]
-    names = list(VARIANTS)
-    p50s: dict[tuple[str, str], list[float]] = {n: [] for n in names}
-    p99s: dict[tuple[str, str], list[float]] = {n: [] for n in names}
-    sent: Counter[tuple[str, str]] = Counter()
-    won: Counter[tuple[str, str]] = Counter()
-    runtimes = {n: runtime(urls, n[0], hedge) for n, hedge in VARIANTS.items()}
+    names: list[Variant] = [(b, h) for b in balancers for h in HEDGES]
+    p50s: dict[Variant, list[float]] = {n: [] for n in names}
+    p99s: dict[Variant, list[float]] = {n: [] for n in names}
+    sent: Counter[Variant] = Counter()
+    won: Counter[Variant] = Counter()
+    runtimes = {n: runtime(urls, n[0], HEDGES[n[1]]) for n in names}
     clients = {
         n: httpx.AsyncClient(transport=AsyncMeshTransport(runtime=rt), timeout=10)
         for n, rt in runtimes.items()
@@ -102,7 +107,7 @@ async def run() -> str:
                 won[name] += int(hedges(rt, "won") - before_won)
                 p50s[name].append(pct(latencies, 0.50))
                 p99s[name].append(pct(latencies, 0.99))
-        assert all(sent[(b, "no hedge")] == 0 for b in BALANCERS), sent
+        assert all(sent[(b, "no hedge")] == 0 for b in balancers), sent
         for rt in runtimes.values():
             assert all(e.outstanding == 0 for e in _endpoints(clients, rt)), "a try leaked"
     finally:
@@ -110,9 +115,12 @@ async def run() -> str:
             await client.aclose()
         for r in replicas:
             r.stop()
-    load = (load_before, os.getloadavg()[0])
     total = CALLS * ROUNDS
-    rows = []
+    rows = [
+        "| balancer | policy | p50 | p99 | p99 vs no hedge | extra requests | won "
+        "| p99 per round (ms) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for name in names:
         base99 = median(p99s[(name[0], "no hedge")])
         rows.append(
@@ -123,7 +131,7 @@ async def run() -> str:
             f"{', '.join(f'{v * 1000:.0f}' for v in p99s[name])} |"
         )
     verdicts = []
-    for balancer in BALANCERS:
+    for balancer in balancers:
         base = (balancer, "no hedge")
         best = min((n for n in names if n[0] == balancer and n != base),
                    key=lambda n: median(p99s[n]))
@@ -132,22 +140,35 @@ async def run() -> str:
             f"against {median(p99s[base]) * 1000:.1f} ms without hedging, for "
             f"{sent[best] / total * 100:.1f}% more requests"
         )
+    return [*rows, "", f"**{_sentence('; '.join(verdicts))}.**"]
+
+
+async def run() -> str:
+    load_before = os.getloadavg()[0]
+    one = await scenario(["ok", "ok", LAG], BALANCERS)
+    every = await scenario([EVERY_LAG] * 3, ("p2c_ewma",))
+    load = (load_before, os.getloadavg()[0])
     return "\n".join([
         "## Hedged requests: one service, three replicas, one of them slow 10% of the time",
         "",
-        f"Two replicas answer at once, the third answers 10% of its requests after 200 ms "
-        f"(`{LAG}`). {ROUNDS} rounds of {CALLS} GETs per variant at concurrency "
-        f"{CONCURRENCY_HEDGE} through `AsyncMeshTransport`, the order rotating per round; "
-        "p50 and p99 per round, medians over the rounds. Extra "
-        "requests: hedges sent, as % of calls; won: hedges whose answer was the call's.",
+        f"{ROUNDS} rounds of {CALLS} GETs per variant at concurrency {CONCURRENCY_HEDGE} "
+        "through `AsyncMeshTransport`, the order of the variants rotating per round; p50 and p99 "
+        "per round, medians over the rounds. Extra requests: hedges sent, as % of calls; won: "
+        "hedges whose answer was the call's. Every answer was a 200; each round's requests at "
+        "the replicas were between one per call and one per call plus the hedges sent, and no "
+        "try was left outstanding.",
         "",
-        "| balancer | policy | p50 | p99 | p99 vs no hedge | extra requests | won "
-        "| p99 per round (ms) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-        *rows,
+        f"### One slow replica: two answer at once, the third answers 10% of its requests after "
+        f"200 ms (`{LAG}`)",
         "",
-        f"**{_sentence('; '.join(verdicts))}.** Every answer was a 200; each round's requests "
-        "at the replicas were between one per call and one per call plus the hedges sent.",
+        *one,
+        "",
+        f"### Every replica slow now and then: each answers 3% of its requests after 200 ms "
+        f"(`{EVERY_LAG}`)",
+        "",
+        "No replica is worse than another, so the balancer has nothing to learn.",
+        "",
+        *every,
         "",
         f"Machine load average (1 minute) at the start and end of the run: {load[0]:.1f} and "
         f"{load[1]:.1f} on {os.cpu_count()} cores; the client, the three replicas and whatever "
