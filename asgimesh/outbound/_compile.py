@@ -18,6 +18,7 @@ from .._wire import IDEMPOTENT_METHODS
 from ..policy import (
     Defaults,
     Fault,
+    Mirror,
     OutlierDetection,
     Policy,
     Retries,
@@ -35,6 +36,7 @@ __all__ = [
     "CompiledPolicy",
     "FaultConfig",
     "HeaderLookup",
+    "MirrorConfig",
     "ServiceRoutes",
     "compile_policy",
 ]
@@ -61,6 +63,21 @@ class FaultConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """Copy ``percent`` of the calls to ``service`` (a key of the compiled backends)."""
+
+    service: str
+    percent: float
+
+    @classmethod
+    def of(cls, mirror: Mirror | None) -> MirrorConfig | None:
+        """``None`` for no mirror, and for one that copies nothing (``percent: 0``)."""
+        if mirror is None or mirror.service is None or mirror.percent <= 0:
+            return None
+        return cls(mirror.service, mirror.percent)
+
+
+@dataclass(frozen=True, slots=True)
 class CallConfig:
     """Everything one call of one service and route needs, concrete (no ``None`` = inherit)."""
 
@@ -81,6 +98,8 @@ class CallConfig:
     fault: FaultConfig | None
     #: The service a route sends its calls to instead of the one called (``None``: that one).
     service: str | None = None
+    #: Traffic mirroring: a fire-and-forget copy of some calls to another service.
+    mirror: MirrorConfig | None = None
 
     def is_idempotent(self, method: str) -> bool:
         return self.idempotent if self.idempotent is not None else method in IDEMPOTENT_METHODS
@@ -200,6 +219,7 @@ def _call_config(
     split: tuple[SplitTarget, ...],
     fault: Fault | None,
     service: str | None = None,
+    mirror: Mirror | None = None,
 ) -> CallConfig:
     on = retries.on
     return CallConfig(
@@ -215,6 +235,7 @@ def _call_config(
         split=tuple((t.service, t.weight) for t in split if t.weight > 0),
         fault=FaultConfig.of(fault),
         service=service,
+        mirror=MirrorConfig.of(mirror),
     )
 
 
@@ -224,7 +245,9 @@ def _service_routes(name: str, defaults: Defaults, service: ServicePolicy) -> Se
         service.per_try_timeout if service.per_try_timeout is not None else defaults.per_try_timeout
     )
     retries = _merge_retries(defaults.retries, service.retries)
-    default = _call_config(timeout, per_try, retries, None, service.split, service.fault)
+    default = _call_config(
+        timeout, per_try, retries, None, service.split, service.fault, None, service.mirror
+    )
     return ServiceRoutes(
         name=name,
         default=default,
@@ -245,6 +268,7 @@ def _route(
         route.split if route.split is not None else service.split,
         route.fault if route.fault is not None else service.fault,
         route.service,
+        route.mirror if route.mirror is not None else service.mirror,
     )
     return _CompiledRoute(
         method=route.match.method,
@@ -278,7 +302,8 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
 
     A split or route target the policy does not define gets a backend without endpoints: its
     share of the calls fails with ``NoHealthyEndpoints`` (as Envoy answers for a missing weighted
-    cluster) rather than silently going elsewhere.
+    cluster) rather than silently going elsewhere. A mirror target is a backend the same way
+    (its own endpoints, balancer and outlier state); an undefined one fails its copies, counted.
     """
     defaults = policy.defaults
     backends = {
@@ -286,10 +311,14 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
     }
     for service in policy.services.values():
         targets = [t.service for t in service.split]
+        if service.mirror is not None and service.mirror.service is not None:
+            targets.append(service.mirror.service)
         for route in service.routes:
             targets.extend(t.service for t in route.split or ())
             if route.service is not None:
                 targets.append(route.service)
+            if route.mirror is not None and route.mirror.service is not None:
+                targets.append(route.mirror.service)
         for target in targets:
             if target not in backends:
                 backends[target] = _backend(target, defaults, ServicePolicy())

@@ -19,6 +19,7 @@ class UpstreamMetrics:
     __slots__ = (
         "_ejections",
         "_metrics",
+        "_mirrors",
         "_refusals",
         "_requests",
         "_retries",
@@ -32,6 +33,7 @@ class UpstreamMetrics:
         self._requests: dict[tuple[str, int | str], Any] = {}
         self._retries: dict[str, Any] = {}
         self._refusals: dict[str, Any] = {}
+        self._mirrors: dict[str, Any] = {}
         self._ejections: Any = None
         self.duration = metrics.outbound_duration.labels(metrics.service, upstream)
 
@@ -63,6 +65,17 @@ class UpstreamMetrics:
                 self._metrics.service, self.upstream, kind
             )
             self._refusals[kind] = child
+        child.inc()
+
+    def mirror(self, result: str) -> None:
+        """A mirrored copy sent to this upstream ended (``sent``, ``failed``, ``dropped``,
+        ``skipped``); this upstream is the mirror target."""
+        child = self._mirrors.get(result)
+        if child is None:
+            child = self._metrics.outbound_mirrors.labels(
+                self._metrics.service, self.upstream, result
+            )
+            self._mirrors[result] = child
         child.inc()
 
     def ejection(self, endpoint: str, seconds: float, failures: int) -> None:
