@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._backoff import full_jitter
 from .._context import MeshContext
@@ -25,6 +25,9 @@ from ._refusal import Refusal
 from ._retry import Failure, parse_retry_after, retry_reason
 from ._steps import Done, Fail, Resolve, Respond, Send, Sleep, Step
 from ._upstream import Upstream
+
+if TYPE_CHECKING:
+    from ._mirror import Mirror
 
 __all__ = ["Call"]
 
@@ -59,6 +62,7 @@ class Call:
         "inbound_left",
         "limit",
         "method",
+        "mirror",
         "note",
         "replayable",
         "rng",
@@ -122,7 +126,14 @@ class Call:
         #: What the last decision did beyond its step, for the try's span events (read and
         #: cleared there): ``("retry", reason)`` or ``("budget", reason)``, a retry refused.
         self.note: tuple[str, str] | None = None
+        #: A shadow copy to send alongside, fire-and-forget (the planner sets it when drawn).
+        self.mirror: Mirror | None = None
         upstream.budget.deposit(now)
+
+    @property
+    def base_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers every try carries (:meth:`merge_headers` of the app's), once started."""
+        return self._base_headers
 
     def remaining(self, now: float) -> float | None:
         return None if self.deadline is None else self.deadline - now

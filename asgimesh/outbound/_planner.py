@@ -3,8 +3,9 @@
 Holds what outlives a call: the compiled policy (recompiled only when the runtime's snapshot is a
 different object, so a policy change applies to the next call without a new client) and one
 :class:`Upstream` per service (endpoints and their statistics). It picks the call's config
-(service and route), its backend (traffic split) and its injected fault; the :class:`Call` then
-runs the protocol. Each transport owns one planner; the clock and the random source are injected
+(service and route), its backend (traffic split), its injected fault and whether it is mirrored
+(a :class:`Mirror`, within this transport's in-flight cap); the :class:`Call` then runs the
+protocol. Each transport owns one planner; the clock and the random source are injected
 so tests drive it deterministically.
 """
 
@@ -19,9 +20,10 @@ from .._context import current_context
 from .._runtime import MeshRuntime
 from ..policy import PolicySnapshot
 from ._call import Call
-from ._compile import CompiledPolicy, HeaderLookup, compile_policy
+from ._compile import CompiledPolicy, HeaderLookup, MirrorConfig, compile_policy
 from ._metrics import UpstreamMetrics
-from ._traffic import choose_backend, draw_fault
+from ._mirror import Mirror, MirrorGate
+from ._traffic import choose_backend, draw_fault, draw_mirror
 from ._upstream import Upstream
 
 __all__ = ["CallPlanner"]
@@ -49,6 +51,8 @@ class CallPlanner:
         self._compiled = CompiledPolicy({}, {})
         self.upstreams: dict[str, Upstream] = {}
         self._passthrough: dict[str, UpstreamMetrics] = {}
+        #: This transport's mirrors in flight, and their cap.
+        self.mirrors = MirrorGate()
 
     def compiled(self) -> CompiledPolicy:
         """The compiled policy of the snapshot in force (compiled once per snapshot)."""
@@ -95,7 +99,7 @@ class CallPlanner:
         if config.split:
             backend = choose_backend(backend, config.split, self.rng)
         delay, abort = (0.0, None) if config.fault is None else draw_fault(config.fault, self.rng)
-        return Call(
+        call = Call(
             self.upstreams[backend],
             config,
             method,
@@ -107,6 +111,27 @@ class CallPlanner:
             abort=abort,
             strict=self.strict,
         )
+        mirror = config.mirror
+        # An aborted call sends nothing, so nothing is copied (Envoy's fault filter runs before
+        # its router mirrors); a call that itself goes to the mirror target is not copied to it.
+        if mirror is not None and abort is None and mirror.service != backend:
+            call.mirror = self._mirror(mirror, call, replayable)
+        return call
+
+    def _mirror(self, mirror: MirrorConfig, call: Call, replayable: bool) -> Mirror | None:
+        """The drawn share of calls gets a :class:`Mirror`, unless its body cannot be sent
+        twice (``skipped``: a stream is read once, by the call) or the cap is reached
+        (``dropped``). Counted under the mirror target."""
+        if not draw_mirror(mirror, self.rng):
+            return None
+        upstream = self.upstreams[mirror.service]
+        if not replayable:
+            upstream.metrics.mirror("skipped")
+            return None
+        if not self.mirrors.acquire():
+            upstream.metrics.mirror("dropped")
+            return None
+        return Mirror(upstream, self.mirrors, call, self.clock())
 
     def passthrough_metrics(self, host: str) -> UpstreamMetrics | None:
         """Metric children for a host that is not a mesh service (labelled with the host)."""
