@@ -10,11 +10,17 @@ is a drop-in in every respect.
 Each driver is one loop over the call's steps: send, sleep, look up, answer or raise. What to
 do next is always the call's decision, made in one place for both drivers; what is left twice
 below is only the difference between ``await x()`` and ``x()``.
+
+A mirrored call's copy (:class:`~._mirror.Mirror`) is handed off before the first try to a task
+of the event loop or a mirror thread (:mod:`._shadow`) and never waited for. Copies use inner
+transports of their own, so a hung mirror target can hold none of the pool the real calls use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -27,6 +33,7 @@ from ..identity import MeshClientContext, identity_mismatch, service_id
 from ..telemetry import ClientSpans
 from ._call import RETRY_AFTER_STATUSES, Call
 from ._metrics import UpstreamMetrics
+from ._mirror import Mirror
 from ._planner import CallPlanner
 from ._protocols import (
     AsyncTransportLike,
@@ -37,7 +44,9 @@ from ._protocols import (
     SyncTransportLike,
 )
 from ._refusal import Refusal
+from ._shadow import AsyncMirrorTasks, SyncMirrorWorkers
 from ._steps import Done, Fail, Resolve, Respond, Send, Sleep, Step
+from ._upstream import Upstream
 
 __all__ = ["AsyncMeshShell", "SyncMeshShell"]
 
@@ -70,6 +79,8 @@ class _Shell(Generic[Req, Resp]):
         #: own client context expects that service's ID); everything else uses ``_inner``.
         self._mtls = settings.mtls != "off"
         self._secure_kwargs = {k: v for k, v in kwargs.items() if k not in ("verify", "cert")}
+        #: The mirrors' own inner transports are made from the same arguments, when needed.
+        self._kwargs = kwargs
         self._default_ids: dict[str, str] = {}
         #: Where mTLS cannot carry the identity (a mesh service's plain ``http://`` endpoint,
         #: permissive mode), a ``mesh-identity`` token for that service carries it instead.
@@ -81,7 +92,9 @@ class _Shell(Generic[Req, Resp]):
         """The ID ``call``'s service must present: its policy's ``identity``, else the mesh's
         default for its name. Secure inner transports are kept per ID, so a policy changing
         it reaches the next try."""
-        upstream = call.upstream
+        return self._expected_for(call.upstream)
+
+    def _expected_for(self, upstream: Upstream) -> str:
         override = upstream.config.identity
         if override is not None:
             return override
@@ -104,6 +117,33 @@ class _Shell(Generic[Req, Resp]):
             return None
         left = call.remaining(self._planner.clock())
         return IDENTITY_WAIT if left is None else max(left, 0.0)
+
+    def _mirror_key(self, mirror: Mirror, send: Send) -> str | None:
+        """Which of the mirrors' inner transports carries this copy: ``""`` the plain one, else
+        the ID its ``https://`` endpoint must present under mTLS; ``None`` when it cannot be
+        sent yet (no certificate of this service's own: a copy never waits for one)."""
+        if not self._mtls or send.endpoint.scheme != "https":
+            return ""
+        if self._planner.runtime.identity.current is None:
+            return None
+        return self._expected_for(mirror.upstream)
+
+    def _mirror_kwargs(self, key: str) -> dict[str, object]:
+        if not key:
+            return self._kwargs
+        return {"verify": self._context(key), **self._secure_kwargs}
+
+    def _mirror_tokened(self, mirror: Mirror, send: Send) -> Send:
+        """A copy to a plain endpoint under permissive mTLS carries the target's token if one
+        is at hand (cached, or made without I/O); a copy never waits for the control plane."""
+        minter = self._minter
+        if minter is None or send.endpoint.scheme == "https":
+            return send
+        audience = self._expected_for(mirror.upstream)
+        token = minter.cached(audience)
+        if token is None and not minter.needs_io:
+            token = minter.token_for(audience)
+        return self._tokened(send, token)
 
     def _tokened(self, send: Send, token: bytes | None) -> Send:
         if token is None:
@@ -184,6 +224,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
         self._inner: AsyncTransportLike[Req, Resp] = self._lib.async_transport(**kwargs)
         self._secure_inners: dict[str, AsyncTransportLike[Req, Resp]] = {}
+        self._mirror_tasks = AsyncMirrorTasks()
+        self._mirror_inners: dict[str, AsyncTransportLike[Req, Resp]] = {}
         super().__init__(runtime, kwargs)
 
     async def _secure(self, call: Call, request: Req) -> AsyncTransportLike[Req, Resp]:
@@ -227,6 +269,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
             return await self._passthrough(request)
         lib, clock = self._lib, self._planner.clock
         step: Step = self._start(call, request)
+        if call.mirror is not None:
+            self._mirror(call.mirror, request)
         while True:
             if isinstance(step, Send):
                 send = step
@@ -278,6 +322,49 @@ class AsyncMeshShell(_Shell[Req, Resp]):
             else:
                 raise self._error(step, request)
 
+    def _mirror(self, mirror: Mirror, request: Req) -> None:
+        """Hand the copy to a task of its own; the call goes on at once."""
+        if not self._mirror_tasks.spawn(lambda: self._shadow(mirror, request)):
+            mirror.abandoned(self._planner.clock())
+
+    async def _shadow(self, mirror: Mirror, request: Req) -> None:
+        """Send the copy once and discard its answer. Every error ends here, counted: nothing
+        awaits this task, so nothing else could see it."""
+        lib, clock = self._lib, self._planner.clock
+        send = mirror.begin(clock())
+        if send is None:
+            return
+        try:
+            key = self._mirror_key(mirror, send)
+            if key is None:
+                mirror.failed(None, clock())
+                return
+            inner = self._mirror_inners.get(key)
+            if inner is None:
+                inner = lib.async_transport(**self._mirror_kwargs(key))
+                self._mirror_inners[key] = inner
+            outgoing = lib.outgoing(request, self._mirror_tokened(mirror, send))
+            response = await inner.handle_async_request(outgoing)
+        except Exception as exc:
+            mirror.failed(lib.classify(exc), clock())
+            return
+        except BaseException:
+            mirror.abandoned(clock())
+            raise
+        status, at = response.status_code, clock()
+        try:
+            with contextlib.suppress(Exception):
+                await self._discard(response)
+        finally:
+            mirror.answered(status, at)
+
+    async def _close_mirrors(self) -> None:
+        """Cancel the copies in flight (bounded wait), then close their inner transports."""
+        await self._mirror_tasks.aclose()
+        inners, self._mirror_inners = list(self._mirror_inners.values()), {}
+        for inner in inners:
+            await inner.aclose()
+
     async def _passthrough(self, request: Req) -> Resp:
         measure = self._measure(request)
         if measure is None:
@@ -310,6 +397,7 @@ class AsyncMeshShell(_Shell[Req, Resp]):
             return None
 
     async def aclose(self) -> None:
+        await self._close_mirrors()
         for secure in self._secure_inners.values():
             await secure.aclose()
         await self._inner.aclose()
@@ -324,6 +412,7 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        await self._close_mirrors()
         for secure in self._secure_inners.values():
             await secure.aclose()
         await self._inner.__aexit__(exc_type, exc_value, traceback)
@@ -336,6 +425,9 @@ class SyncMeshShell(_Shell[Req, Resp]):
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
         self._inner: SyncTransportLike[Req, Resp] = self._lib.sync_transport(**kwargs)
         self._secure_inners: dict[str, SyncTransportLike[Req, Resp]] = {}
+        self._mirror_workers = SyncMirrorWorkers(self._close_mirror_inners)
+        self._mirror_inners: dict[str, SyncTransportLike[Req, Resp]] = {}
+        self._mirror_lock = threading.Lock()
         super().__init__(runtime, kwargs)
 
     def _secure(self, call: Call, request: Req) -> SyncTransportLike[Req, Resp]:
@@ -369,6 +461,8 @@ class SyncMeshShell(_Shell[Req, Resp]):
             return self._passthrough(request)
         lib, clock = self._lib, self._planner.clock
         step: Step = self._start(call, request)
+        if call.mirror is not None:
+            self._mirror(call.mirror, request)
         while True:
             if isinstance(step, Send):
                 send = step
@@ -419,6 +513,54 @@ class SyncMeshShell(_Shell[Req, Resp]):
             else:
                 raise self._error(step, request)
 
+    def _mirror(self, mirror: Mirror, request: Req) -> None:
+        """Queue the copy for a mirror thread; the call goes on at once."""
+        clock = self._planner.clock
+        if not self._mirror_workers.submit(
+            lambda: self._shadow(mirror, request), lambda: mirror.abandoned(clock())
+        ):
+            mirror.abandoned(clock())
+
+    def _shadow(self, mirror: Mirror, request: Req) -> None:
+        """As the async driver's, in a mirror thread. A copy that waited in the queue past its
+        time limit is dropped unsent (:meth:`Mirror.begin`)."""
+        lib, clock = self._lib, self._planner.clock
+        send = mirror.begin(clock())
+        if send is None:
+            return
+        try:
+            key = self._mirror_key(mirror, send)
+            if key is None:
+                mirror.failed(None, clock())
+                return
+            with self._mirror_lock:
+                inner = self._mirror_inners.get(key)
+                if inner is None:
+                    inner = lib.sync_transport(**self._mirror_kwargs(key))
+                    self._mirror_inners[key] = inner
+            response = inner.handle_request(
+                lib.outgoing(request, self._mirror_tokened(mirror, send))
+            )
+        except Exception as exc:
+            mirror.failed(lib.classify(exc), clock())
+            return
+        except BaseException:
+            mirror.abandoned(clock())
+            raise
+        status, at = response.status_code, clock()
+        try:
+            with contextlib.suppress(Exception):
+                self._discard(response)
+        finally:
+            mirror.answered(status, at)
+
+    def _close_mirror_inners(self) -> None:
+        """Once no mirror thread is left (closing never pulls a pool from under one)."""
+        with self._mirror_lock:
+            inners, self._mirror_inners = list(self._mirror_inners.values()), {}
+        for inner in inners:
+            inner.close()
+
     def _passthrough(self, request: Req) -> Resp:
         measure = self._measure(request)
         if measure is None:
@@ -448,6 +590,7 @@ class SyncMeshShell(_Shell[Req, Resp]):
             return None
 
     def close(self) -> None:
+        self._mirror_workers.close()
         for secure in self._secure_inners.values():
             secure.close()
         self._inner.close()
@@ -462,6 +605,7 @@ class SyncMeshShell(_Shell[Req, Resp]):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        self._mirror_workers.close()
         for secure in self._secure_inners.values():
             secure.close()
         self._inner.__exit__(exc_type, exc_value, traceback)
