@@ -158,6 +158,27 @@ def test_post_body_is_copied_as_is_and_a_stream_is_skipped(mesh: Any, fake_upstr
     assert fake_upstreams.stats(primary)["last_body_length"] == 8
 
 
+@pytest.mark.parametrize("mode", ["asyncio", "trio"])
+def test_a_cancelled_call_does_not_cancel_its_copy(mode: str, fake_upstreams: Any) -> None:
+    """The copy runs in a task of the event loop, not in the request's: a caller that gives up
+    (a timeout, a client gone) takes only its own call with it."""
+    import anyio
+
+    primary, target = fake_upstreams.get(2)
+    fake_upstreams.control(primary, "slow:1")
+    fake_upstreams.control(target, "slow:0.3")
+    rt = runtime(shop(primary, target), {"per_try_timeout": "3s", "timeout": "5s"})
+    with driver(f"httpx-{mode}", rt) as d:
+        async def give_up() -> bool:
+            with anyio.move_on_after(0.2) as scope:
+                await d.client.get("http://search/q")
+            return bool(scope.cancelled_caught)
+
+        assert d._portal.call(give_up)
+        eventually(lambda: mirrors(rt, "sent") == 1)
+        assert fake_upstreams.stats(target)["requests"] == 1
+
+
 def _wall(d: Driver, host: str, calls: int) -> float:
     start = time.monotonic()
     for _ in range(calls):

@@ -185,6 +185,7 @@ fault = _model(
         "delay": maybe(_model({"percent": maybe(percents), "duration": maybe(durations)})),
     }
 )
+mirror = _model({"service": maybe(names), "percent": maybe(percents)})
 route = _model(
     {
         "match": maybe(_model({"method": maybe(methods), "path": maybe(paths)})),
@@ -194,6 +195,7 @@ route = _model(
         "idempotent": maybe(st.booleans()),
         "split": maybe(split),
         "fault": maybe(fault),
+        "mirror": maybe(mirror),
     }
 )
 load_balancers = mostly(["p2c_ewma", "round_robin", "least_request", "random"], ["best", ""])
@@ -209,6 +211,7 @@ service = _model(
         "routes": maybe(st.lists(route, max_size=2)),
         "split": maybe(split),
         "fault": maybe(fault),
+        "mirror": maybe(mirror),
         "identity": maybe(identities),
     }
 )
