@@ -20,6 +20,7 @@ copies, so the queue is bounded too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -79,7 +80,10 @@ class AsyncMirrorTasks:
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
-                await job()
+                # The job counts its own errors; this guard is for a bug in the counting
+                # itself, which must neither crash a trio run nor log an unretrieved exception.
+                with contextlib.suppress(Exception):
+                    await job()
             finally:
                 self._scopes.discard(scope)
                 if not self._scopes and self._drained is not None:
@@ -146,10 +150,11 @@ class SyncMirrorWorkers:
                     return
                 if job is None:
                     return
-                if self.closed:
-                    job.drop()
-                else:
-                    job.run()
+                with contextlib.suppress(Exception):  # as in AsyncMirrorTasks._run
+                    if self.closed:
+                        job.drop()
+                    else:
+                        job.run()
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
