@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import random
 import socket
@@ -261,5 +260,3 @@ def test_no_mirror_in_policy_starts_nothing(mesh: Any, fake_upstreams: Any) -> N
     else:
         assert d.transport._mirror_tasks.running == 0 and not d.transport._mirror_inners
 
-
-logging.getLogger("asyncio").setLevel(logging.DEBUG)
