@@ -15,8 +15,10 @@ __all__ = [
     "HTTP_METHODS",
     "IDEMPOTENT_METHODS",
     "SERVICE_NAME",
+    "ZONE_NAME_EXPECTED",
     "bearer_token",
     "is_service_name",
+    "is_zone_name",
     "new_id",
     "new_span_id",
     "parse_deadline_ms",
@@ -47,6 +49,20 @@ _SERVICE_NAME = re.compile(SERVICE_NAME)
 def is_service_name(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a string that is a valid service or namespace name."""
     return isinstance(value, str) and _SERVICE_NAME.fullmatch(value) is not None
+
+
+#: A zone (failure domain), as clouds and Kubernetes' ``topology.kubernetes.io/zone`` spell
+#: them (``us-east-1a``, ``europe-west4-b``): what ``MESH_ZONE`` and an endpoint's ``zone`` hold.
+_ZONE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+#: Says what a zone name is, in the errors refusing one.
+ZONE_NAME_EXPECTED = (
+    "a zone name (letters, digits, '.', '_' and '-', at most 63, such as us-east-1a)"
+)
+
+
+def is_zone_name(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a string that is a valid zone name."""
+    return isinstance(value, str) and _ZONE_NAME.fullmatch(value) is not None
 
 
 def bearer_token(authorization: str | None) -> str | None:

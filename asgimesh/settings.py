@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ._durations import parse_duration
 from ._errors import ConfigError
 from ._log import redact
-from ._wire import is_service_name
+from ._wire import ZONE_NAME_EXPECTED, is_service_name, is_zone_name
 
 __all__ = ["MeshSettings", "parse_upstreams"]
 
@@ -108,6 +108,9 @@ class MeshSettings(BaseSettings):
     #: This instance's name in reports, ``asgimesh status`` and the dashboard (the process id
     #: is added); unset: host name, process id and a few random hex digits.
     instance: str | None = None
+    #: The zone (failure domain) this instance runs in, for ``zone_affinity``: calls prefer
+    #: endpoints the policy places in the same zone. Unset: no preference.
+    zone: str | None = None
 
     @field_validator("service", "namespace", "trust_domain")
     @classmethod
@@ -118,6 +121,15 @@ class MeshSettings(BaseSettings):
     @classmethod
     def _valid_instance(cls, value: str | None) -> str | None:
         return _check_name(value) if value else None
+
+    @field_validator("zone")
+    @classmethod
+    def _valid_zone(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not is_zone_name(value):
+            raise ValueError(f"expected {ZONE_NAME_EXPECTED}, got {value[:100]!r}")
+        return value
 
     @field_validator("config")
     @classmethod

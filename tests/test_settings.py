@@ -29,12 +29,14 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None
         "MESH_CA": "/ca.pem",
         "MESH_ACCESS_LOG": "true",
         "MESH_LOG_FORMAT": "console",
+        "MESH_ZONE": "us-east-1a",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     s = MeshSettings.from_env()
     assert s.spiffe_id == "spiffe://corp.example/ns/shop/sa/payments"
     assert s.timeout == 0.25 and s.retries == 0 and s.mtls == "strict" and s.access_log
+    assert s.zone == "us-east-1a"
     assert s.upstream_map == {
         "orders": ("http://127.0.0.1:8001", "http://127.0.0.1:8002"),
         "stock": ("http://127.0.0.1:8003",),
@@ -57,6 +59,7 @@ def test_reads_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None
         ("MESH_UPSTREAMS", "payments", "MESH_UPSTREAMS='payments': expected service=url"),
         ("MESH_UPSTREAMS", "p=ftp://x", "expected an http:// or https:// endpoint for 'p'"),
         ("MESH_INSTANCE", "payments 2", "MESH_INSTANCE='payments 2': expected a name"),
+        ("MESH_ZONE", "us east", "MESH_ZONE='us east': expected a zone name (letters, digits"),
         ("MESH_POLICY_MAX_AGE", "a week", "MESH_POLICY_MAX_AGE='a week': expected a duration"),
         ("MESH_POLICY_MAX_AGE", "-1h", "MESH_POLICY_MAX_AGE='-1h': expected a duration"),
     ],

@@ -56,6 +56,9 @@ class HttpBinding(Generic[Req, Resp]):
             "plaintext": module.ConnectError,
             # mTLS: the server's ID is not the one meant, or no certificate of our own yet.
             "identity": module.ConnectError,
+            # A per-request override that is not a value (mesh-timeout: fast): the app's
+            # request is at fault, as httpx says of a header it cannot send.
+            "override": module.LocalProtocolError,
         }
         self._connect = (module.ConnectError, module.ConnectTimeout)
         self._timeout = (module.ReadTimeout, module.WriteTimeout)

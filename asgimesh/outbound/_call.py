@@ -21,6 +21,8 @@ from .._wire import new_span_id
 from ._compile import CallConfig
 from ._discovery import addresses
 from ._endpoint import Endpoint
+from ._overrides import OVERRIDE_HEADERS, requested
+from ._overrides import apply as apply_overrides
 from ._refusal import Refusal
 from ._retry import Failure, parse_retry_after, retry_reason
 from ._steps import Done, Fail, Resolve, Respond, Send, Sleep, Step
@@ -41,6 +43,8 @@ RETRY_AFTER_STATUSES = (429, 503)
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 #: Headers the mesh sets on each try, replacing any the app set.
 PER_TRY_HEADERS = frozenset({b"mesh-attempt", b"mesh-deadline-ms", b"mesh-identity"})
+#: Headers never passed on as the app set them: the per-try ones and the override headers.
+MESH_SET_HEADERS = PER_TRY_HEADERS | frozenset(OVERRIDE_HEADERS)
 
 
 class Call:
@@ -52,6 +56,7 @@ class Call:
         "_given_timeout",
         "abort",
         "attempt",
+        "by_zone",
         "config",
         "context",
         "deadline",
@@ -87,8 +92,11 @@ class Call:
         delay: float = 0.0,
         abort: int | None = None,
         strict: bool = False,
+        by_zone: bool = False,
     ) -> None:
         self.upstream = upstream
+        #: ``zone_affinity``: tries prefer the caller's zone (``_zones``).
+        self.by_zone = by_zone
         #: ``MESH_MTLS=strict``: a try may only go to an ``https://`` (mTLS) endpoint.
         self.strict = strict
         self.config = config
@@ -98,16 +106,12 @@ class Call:
         self.rng = rng
         self.context = context
         self.started = now
-        deadline = None if config.timeout is None else now + config.timeout
         #: The inbound deadline's time left at the call where it, not the call timeout, is
         #: the deadline (``None`` otherwise): only kept, formatted in the rare error naming it.
         self.inbound_left: float | None = None
-        inbound = None if context is None else context.deadline
-        if inbound is not None and (deadline is None or inbound < deadline):
-            deadline = inbound
-            self.inbound_left = max(inbound - now, 0.0)
         #: Absolute deadline on the injected clock: the call timeout capped by the inbound one.
-        self.deadline = deadline
+        self.deadline: float | None = None
+        self._set_deadline(now)
         #: This call's span: a child of the inbound request's span, one per call.
         self.span_id = new_span_id() if context is not None else ""
         self.attempt = 0
@@ -135,6 +139,18 @@ class Call:
         """The headers every try carries (:meth:`merge_headers` of the app's), once started."""
         return self._base_headers
 
+    def _set_deadline(self, now: float) -> None:
+        timeout = self.config.timeout
+        deadline = None if timeout is None else self.started + timeout
+        context = self.context
+        inbound = None if context is None else context.deadline
+        if inbound is not None and (deadline is None or inbound < deadline):
+            deadline = inbound
+            self.inbound_left = max(inbound - now, 0.0)
+        else:
+            self.inbound_left = None
+        self.deadline = deadline
+
     def remaining(self, now: float) -> float | None:
         return None if self.deadline is None else self.deadline - now
 
@@ -143,11 +159,21 @@ class Call:
         headers: Iterable[tuple[bytes, bytes]],
         timeout: Mapping[str, float | None] | None,
         now: float,
+        mesh: object = None,
     ) -> Step:
         """The first step of the call, given the app's request headers and its ``timeout``
-        extension: a DNS lookup if one is due, else what :meth:`resolved` would answer."""
-        self._base_headers = self.merge_headers(headers)
+        and ``mesh`` (per-request overrides) extensions: a DNS lookup if one is due, else what
+        :meth:`resolved` would answer; :class:`Fail` for an override that is not valid."""
+        self._base_headers, asked = self._merge(headers)
         self._given_timeout = timeout or {}
+        if mesh is not None or asked is not None:
+            try:
+                self._override(mesh, asked, now)
+            except Refusal as refusal:
+                if self.mirror is not None:  # nothing is sent, so nothing is copied
+                    self.mirror.abandoned(now)
+                    self.mirror = None
+                return self._fail(refusal, now)
         dns = self.upstream.dns
         if dns is not None and dns.should_resolve(now):
             return Resolve(dns.host, dns.port)
@@ -206,18 +232,45 @@ class Call:
 
     def merge_headers(self, app: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The request's headers for every try: the app's own, without the per-try mesh headers
-        (the mesh sets those), plus the trace context and request id of the inbound request
-        where the app did not set them itself."""
+        (the mesh sets those) and the override headers (instructions to this mesh, never sent
+        on), plus the trace context and request id of the inbound request where the app did
+        not set them itself."""
+        return self._merge(app)[0]
+
+    def _merge(
+        self, app: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[list[tuple[bytes, bytes]], dict[str, str] | None]:
+        """:meth:`merge_headers`, and the override headers found (``None``: none)."""
         headers = []
         present = set()
+        asked: dict[str, str] | None = None
         for name, value in app:
             lowered = name.lower()
-            if lowered not in PER_TRY_HEADERS:
-                headers.append((name, value))
-                present.add(lowered)
+            if lowered in MESH_SET_HEADERS:
+                key = OVERRIDE_HEADERS.get(lowered)
+                if key is not None:
+                    if asked is None:
+                        asked = {}
+                    asked[key] = value.decode("latin-1")
+                continue
+            headers.append((name, value))
+            present.add(lowered)
         if self.context is not None:
             headers.extend(item for item in self.trace_headers() if item[0] not in present)
-        return headers
+        return headers, asked
+
+    def _override(self, mesh: object, asked: dict[str, str] | None, now: float) -> None:
+        """Apply the request's overrides (its ``mesh`` extension, its override headers where
+        the policy reads them) within the policy's bounds; :class:`Refusal` if one is invalid."""
+        config = self.config
+        wanted = requested(mesh, asked if config.overrides.headers else None)
+        if wanted is None:
+            return
+        config, clamped = apply_overrides(config, self.method, wanted)
+        self.upstream.metrics.override(clamped)
+        self.config = config
+        self.idempotent = config.is_idempotent(self.method)
+        self._set_deadline(now)
 
     def timeouts(self) -> dict[str, float | None] | None:
         """httpx's per-operation timeouts for the current try, each capped by its time limit
@@ -242,7 +295,7 @@ class Call:
         remaining = self.remaining(now)
         if remaining is not None and remaining <= 0:
             raise Refusal("deadline", self.deadline_message())
-        endpoint = self.upstream.pick(now, self.tried)
+        endpoint = self.upstream.pick(now, self.tried, self.by_zone)
         if self.strict and endpoint.scheme != "https":
             raise Refusal(
                 "plaintext",

@@ -20,6 +20,7 @@ from ..policy import (
     Fault,
     Mirror,
     OutlierDetection,
+    Overrides,
     Policy,
     Retries,
     RetriesOverride,
@@ -29,6 +30,7 @@ from ..policy import (
     SplitTarget,
     ValueMatch,
 )
+from ._overrides import DEFAULT_BOUNDS, OverrideBounds
 
 __all__ = [
     "BackendConfig",
@@ -98,6 +100,10 @@ class CallConfig:
     fault: FaultConfig | None
     #: The service a route sends its calls to instead of the one called (``None``: that one).
     service: str | None = None
+    #: How far a request's own overrides may loosen this config (``_overrides``).
+    overrides: OverrideBounds = DEFAULT_BOUNDS
+    #: Prefer endpoints in the caller's zone (``None``: as the service called says).
+    zone_affinity: bool | None = None
     #: Traffic mirroring: a fire-and-forget copy of some calls to another service.
     mirror: MirrorConfig | None = None
 
@@ -117,6 +123,10 @@ class BackendConfig:
     budget: RetryBudget
     #: The ID its ``https://`` endpoints must present (``None``: the default for its name).
     identity: str | None = None
+    #: ``(url, zone)`` of the endpoints the policy gives a zone, and whether calls to this
+    #: service prefer the caller's zone.
+    zones: tuple[tuple[str, str], ...] = ()
+    zone_affinity: bool = False
 
 
 #: Reads one request header (case-insensitive), as ``httpx.Headers.get`` does.
@@ -219,6 +229,8 @@ def _call_config(
     split: tuple[SplitTarget, ...],
     fault: Fault | None,
     service: str | None = None,
+    overrides: Overrides | None = None,
+    zone_affinity: bool | None = None,
     mirror: Mirror | None = None,
 ) -> CallConfig:
     on = retries.on
@@ -235,7 +247,19 @@ def _call_config(
         split=tuple((t.service, t.weight) for t in split if t.weight > 0),
         fault=FaultConfig.of(fault),
         service=service,
+        overrides=DEFAULT_BOUNDS if overrides is None else _bounds(overrides),
+        zone_affinity=zone_affinity,
         mirror=MirrorConfig.of(mirror),
+    )
+
+
+def _bounds(overrides: Overrides) -> OverrideBounds:
+    return OverrideBounds(
+        headers=overrides.headers,
+        min_timeout=overrides.min_timeout,
+        max_timeout=overrides.max_timeout or None,
+        max_retries=overrides.max_retries or 0,
+        idempotent=overrides.idempotent,
     )
 
 
@@ -246,7 +270,15 @@ def _service_routes(name: str, defaults: Defaults, service: ServicePolicy) -> Se
     )
     retries = _merge_retries(defaults.retries, service.retries)
     default = _call_config(
-        timeout, per_try, retries, None, service.split, service.fault, None, service.mirror
+        timeout,
+        per_try,
+        retries,
+        None,
+        service.split,
+        service.fault,
+        None,
+        service.overrides,
+        mirror=service.mirror,
     )
     return ServiceRoutes(
         name=name,
@@ -268,7 +300,9 @@ def _route(
         route.split if route.split is not None else service.split,
         route.fault if route.fault is not None else service.fault,
         route.service,
-        route.mirror if route.mirror is not None else service.mirror,
+        route.overrides if route.overrides is not None else service.overrides,
+        route.zone_affinity,
+        mirror=route.mirror if route.mirror is not None else service.mirror,
     )
     return _CompiledRoute(
         method=route.match.method,
@@ -288,12 +322,14 @@ def _backend(name: str, defaults: Defaults, service: ServicePolicy) -> BackendCo
         )
     return BackendConfig(
         name=name,
-        endpoints=service.endpoints,
+        endpoints=service.endpoint_urls(),
         dns=service.dns,
         load_balancer=service.load_balancer or defaults.load_balancer,
         outlier=outlier,
         budget=_merge_retries(defaults.retries, service.retries).budget,
         identity=service.identity,
+        zones=service.endpoint_zones(),
+        zone_affinity=bool(service.zone_affinity),
     )
 
 

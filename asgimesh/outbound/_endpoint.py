@@ -33,6 +33,7 @@ class Endpoint:
         "times_changed",
         "times_ejected",
         "url",
+        "zone",
     )
 
     def __init__(self, url: str, now: float) -> None:
@@ -55,6 +56,8 @@ class Endpoint:
         self.times_changed = now
         #: Back from an ejection and not yet proven: one failure ejects it again.
         self.probing = False
+        #: The zone the policy places it in (``None``: not given).
+        self.zone: str | None = None
 
     def __repr__(self) -> str:
         return f"Endpoint({self.url!r}, rtt={self.rtt:.4f}, outstanding={self.outstanding})"

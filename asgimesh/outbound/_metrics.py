@@ -20,9 +20,11 @@ class UpstreamMetrics:
         "_ejections",
         "_metrics",
         "_mirrors",
+        "_overrides",
         "_refusals",
         "_requests",
         "_retries",
+        "_zone_tries",
         "duration",
         "upstream",
     )
@@ -35,6 +37,8 @@ class UpstreamMetrics:
         self._refusals: dict[str, Any] = {}
         self._mirrors: dict[str, Any] = {}
         self._ejections: Any = None
+        self._overrides: dict[bool, Any] = {}
+        self._zone_tries: dict[bool, Any] = {}
         self.duration = metrics.outbound_duration.labels(metrics.service, upstream)
 
     def request(self, method: str, status: int | str, seconds: float) -> None:
@@ -76,6 +80,26 @@ class UpstreamMetrics:
                 self._metrics.service, self.upstream, result
             )
             self._mirrors[result] = child
+        child.inc()
+
+    def override(self, clamped: bool) -> None:
+        """A request's own overrides applied (``clamped``: at least one held to a bound)."""
+        child = self._overrides.get(clamped)
+        if child is None:
+            child = self._metrics.outbound_overrides.labels(
+                self._metrics.service, self.upstream, "clamped" if clamped else "applied"
+            )
+            self._overrides[clamped] = child
+        child.inc()
+
+    def zone_try(self, local: bool) -> None:
+        """A try of a zone-affine call went to the caller's zone (``local``) or another."""
+        child = self._zone_tries.get(local)
+        if child is None:
+            child = self._metrics.outbound_zone_tries.labels(
+                self._metrics.service, self.upstream, "local" if local else "remote"
+            )
+            self._zone_tries[local] = child
         child.inc()
 
     def ejection(self, endpoint: str, seconds: float, failures: int) -> None:

@@ -83,31 +83,40 @@ class Mirror:
     once by a driver (:meth:`begin`, then :meth:`answered`, :meth:`failed` or
     :meth:`abandoned`), each of which ends it exactly once, counted."""
 
-    __slots__ = ("_gate", "call", "endpoint", "expires", "limit", "span_id", "started", "upstream")
+    __slots__ = ("_gate", "call", "endpoint", "limit", "planned", "span_id", "started", "upstream")
 
     def __init__(self, upstream: Upstream, gate: MirrorGate, call: Call, now: float) -> None:
         #: The mirror target's state (endpoints, balancer, outlier detection, metrics).
         self.upstream = upstream
         self.call = call
         self._gate: MirrorGate | None = gate
-        config = call.config
-        limit = config.per_try_timeout or config.timeout or DEFAULT_MIRROR_TIMEOUT
-        left = call.remaining(now)
-        if left is not None and left < limit:
-            limit = left
-        #: The copy gives up at this time on the injected clock: its own limit, within the
-        #: call's deadline. A sync copy that waited in the queue past it is dropped unsent.
-        self.expires = now + limit
-        self.limit = limit
+        #: When the copy was decided: its time limit runs from here (a sync copy that waits
+        #: in the queue past it is dropped unsent).
+        self.planned = now
+        #: The copy's time limit, set when it starts (:meth:`begin`).
+        self.limit = 0.0
         #: The copy is a span of its own: a sibling of the call's, in the same trace.
         self.span_id = new_span_id() if call.context is not None else ""
         self.endpoint: Endpoint | None = None
         self.started = now
 
+    def expires(self) -> float:
+        """When the copy gives up, on the injected clock: the call's per-try timeout (else
+        its timeout, else :data:`DEFAULT_MIRROR_TIMEOUT`) from when it was decided, and never
+        past the call's deadline. Read from the call once it has started, so that a request's
+        own overrides (a shorter timeout) bind its copy too."""
+        call = self.call
+        config = call.config
+        expires = self.planned + (
+            config.per_try_timeout or config.timeout or DEFAULT_MIRROR_TIMEOUT
+        )
+        deadline = call.deadline
+        return expires if deadline is None or deadline > expires else deadline
+
     def begin(self, now: float) -> Send | None:
         """The copy's one try (:class:`Send`), or ``None`` when it ends here: too late
         (``dropped``), or no endpoint of the target to try (``failed``)."""
-        left = self.expires - now
+        left = self.expires() - now
         if left <= 0:
             self._end("dropped")
             return None
@@ -122,6 +131,7 @@ class Mirror:
         endpoint.outstanding += 1
         self.endpoint = endpoint
         self.started = now
+        self.limit = left
         return Send(endpoint, self.headers(left), dict.fromkeys(TIMEOUT_KEYS, left))
 
     def headers(self, left: float) -> list[tuple[bytes, bytes]]:

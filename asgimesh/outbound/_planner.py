@@ -45,6 +45,8 @@ class CallPlanner:
         self.clock = clock
         #: ``MESH_MTLS=strict``: calls to mesh services go to https (mTLS) endpoints only.
         self.strict = runtime.settings.mtls == "strict"
+        #: ``MESH_ZONE``: where calls with ``zone_affinity`` prefer to stay.
+        self.zone = runtime.settings.zone
         self.rng = rng if rng is not None else random.Random()  # noqa: S311 - not for secrets
         self._lock = threading.Lock()
         self._snapshot: PolicySnapshot | None = None
@@ -69,7 +71,9 @@ class CallPlanner:
         for name, backend in compiled.backends.items():
             upstream = self.upstreams.get(name)
             if upstream is None:
-                self.upstreams[name] = Upstream(backend, self.runtime.metrics, self.rng, now)
+                self.upstreams[name] = Upstream(
+                    backend, self.runtime.metrics, self.rng, now, self.zone
+                )
             else:
                 upstream.configure(backend, now)
         for name in [n for n in self.upstreams if n not in compiled.backends]:
@@ -99,8 +103,9 @@ class CallPlanner:
         if config.split:
             backend = choose_backend(backend, config.split, self.rng)
         delay, abort = (0.0, None) if config.fault is None else draw_fault(config.fault, self.rng)
+        upstream = self.upstreams[backend]
         call = Call(
-            self.upstreams[backend],
+            upstream,
             config,
             method,
             replayable=replayable,
@@ -110,6 +115,11 @@ class CallPlanner:
             delay=delay,
             abort=abort,
             strict=self.strict,
+            by_zone=(
+                upstream.config.zone_affinity
+                if config.zone_affinity is None
+                else config.zone_affinity
+            ),
         )
         mirror = config.mirror
         # An aborted call sends nothing, so nothing is copied (Envoy's fault filter runs before

@@ -16,6 +16,7 @@ class Refusal(Exception):  # noqa: N818 - a decision, not an error: shells turn 
     def __init__(self, kind: str, message: str) -> None:
         #: ``no-endpoints``, ``circuit-open``, ``deadline``, ``per-try``, ``budget`` or
         #: ``plaintext`` (a plain ``http://`` endpoint under ``MESH_MTLS=strict``) or ``identity``
-        #: (mTLS: the server is not the service meant, or this service has no certificate yet).
+        #: (mTLS: the server is not the service meant, or this service has no certificate yet)
+        #: or ``override`` (a per-request override that is not a valid value).
         self.kind = kind
         super().__init__(message)

@@ -181,8 +181,13 @@ class _Shell(Generic[Req, Resp]):
         )
 
     def _start(self, call: Call, request: Req) -> Step:
-        timeout = request.extensions.get("timeout")
-        return call.start(request.headers.raw, timeout, self._planner.clock())
+        extensions = request.extensions
+        return call.start(
+            request.headers.raw,
+            extensions.get("timeout"),
+            self._planner.clock(),
+            extensions.get("mesh"),
+        )
 
     def _failed(self, call: Call, exc: Exception) -> Sleep | Fail:
         lib = self._lib

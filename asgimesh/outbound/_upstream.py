@@ -19,6 +19,7 @@ from ._metrics import UpstreamMetrics
 from ._outlier import OutlierRules, record_failure, record_success, return_due
 from ._refusal import Refusal
 from ._retry import RetryBudgetWindow
+from ._zones import pick_by_zone
 
 __all__ = ["Upstream"]
 
@@ -27,9 +28,20 @@ class Upstream:
     """One service's endpoints and everything the mesh keeps about them."""
 
     def __init__(
-        self, config: BackendConfig, metrics: MeshMetrics, rng: random.Random, now: float
+        self,
+        config: BackendConfig,
+        metrics: MeshMetrics,
+        rng: random.Random,
+        now: float,
+        zone: str | None = None,
     ) -> None:
         self.name = config.name
+        #: The caller's zone (``MESH_ZONE``); ``None``: zone affinity has nothing to prefer.
+        self.zone = zone
+        #: With a zone: the endpoints in rotation in it and in the others, and how many it has.
+        self.local: list[Endpoint] = []
+        self.remote: list[Endpoint] = []
+        self.local_total = 0
         self.metrics = UpstreamMetrics(metrics, config.name)
         self._rng = rng
         self._lock = threading.Lock()
@@ -63,18 +75,29 @@ class Upstream:
 
     def set_endpoints(self, urls: Collection[str], now: float) -> None:
         """Replace the endpoint set; endpoints that stay keep their statistics."""
+        zones = dict(self.config.zones)
         with self._lock:
             known = {e.url: e for e in self.endpoints}
             self.endpoints = [known.get(url) or Endpoint(url, now) for url in dict.fromkeys(urls)]
+            for endpoint in self.endpoints:
+                endpoint.zone = zones.get(endpoint.url)
             self._regroup()
 
     def _regroup(self) -> None:
         self.available = [e for e in self.endpoints if not e.ejected_until]
         self.ejected = [e for e in self.endpoints if e.ejected_until]
         self._next_return = min((e.ejected_until for e in self.ejected), default=float("inf"))
+        zone = self.zone
+        if zone is not None:
+            self.local = [e for e in self.available if e.zone == zone]
+            self.remote = [e for e in self.available if e.zone != zone]
+            self.local_total = sum(1 for e in self.endpoints if e.zone == zone)
 
-    def pick(self, now: float, exclude: Collection[Endpoint] = ()) -> Endpoint:
-        """The endpoint for the next try; :class:`Refusal` when there is none to try."""
+    def pick(
+        self, now: float, exclude: Collection[Endpoint] = (), by_zone: bool = False
+    ) -> Endpoint:
+        """The endpoint for the next try; :class:`Refusal` when there is none to try.
+        ``by_zone``: the call prefers the caller's zone (``zone_affinity``)."""
         if now >= self._next_return:
             with self._lock:
                 if return_due(self.ejected, now):
@@ -88,6 +111,12 @@ class Upstream:
                 )
             where = f"dns {self.config.dns}" if self.config.dns else "the policy"
             raise Refusal("no-endpoints", f"service {self.name!r} has no endpoints in {where}")
+        if by_zone and self.local_total:
+            endpoint, local = pick_by_zone(
+                self.balancer, self.local, self.remote, self.local_total, now, exclude, self._rng
+            )
+            self.metrics.zone_try(local)
+            return endpoint
         return self.balancer.pick(available, now, exclude)
 
     def succeeded(self, endpoint: Endpoint, rtt: float, now: float) -> None:

@@ -18,6 +18,7 @@ from ._model import (
     InboundPolicy,
     Mirror,
     OutlierDetection,
+    Overrides,
     Policy,
     Retries,
     RetriesOverride,
@@ -26,6 +27,7 @@ from ._model import (
     ServicePolicy,
     SplitTarget,
     ValueMatch,
+    ZonedEndpoint,
     parse_dns_target,
 )
 from ._signed import (
@@ -49,6 +51,7 @@ __all__ = [
     "InboundPolicy",
     "Mirror",
     "OutlierDetection",
+    "Overrides",
     "Policy",
     "PolicyRecord",
     "PolicySnapshot",
@@ -63,6 +66,7 @@ __all__ = [
     "StaleEnvelopeError",
     "ValueMatch",
     "VerifiedPolicy",
+    "ZonedEndpoint",
     "check_freshness",
     "format_for",
     "format_validation_error",

@@ -29,7 +29,13 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .._durations import parse_duration
-from .._wire import HTTP_METHODS, SERVICE_NAME, is_service_name
+from .._wire import (
+    HTTP_METHODS,
+    SERVICE_NAME,
+    ZONE_NAME_EXPECTED,
+    is_service_name,
+    is_zone_name,
+)
 from ..identity import is_spiffe_id
 
 __all__ = [
@@ -46,6 +52,7 @@ __all__ = [
     "Mirror",
     "OutlierDetection",
     "OutlierOverride",
+    "Overrides",
     "Policy",
     "RateLimit",
     "Retries",
@@ -57,6 +64,7 @@ __all__ = [
     "ServicePolicy",
     "SplitTarget",
     "ValueMatch",
+    "ZonedEndpoint",
     "parse_dns_target",
 ]
 
@@ -298,6 +306,33 @@ class RouteMatch(_Model):
     ] = {}
 
 
+class Overrides(_Model):
+    """How far a request's own overrides (the httpx extension ``mesh``, ``mesh-timeout``-style
+    headers) may loosen its call's policy. Tightening (a shorter timeout, fewer retries) is
+    always allowed; by default the policy's own values are the ceiling."""
+
+    #: Read the ``mesh-timeout``, ``mesh-per-try-timeout``, ``mesh-retries`` and
+    #: ``mesh-idempotent`` request headers (``false``: only the extension counts).
+    headers: bool = True
+    #: No per-request timeout below this (0: no floor).
+    min_timeout: Duration = 0.0
+    #: A request may raise its timeouts up to this (default: not above the policy's).
+    max_timeout: Duration | None = None
+    #: A request may ask for up to this many retries (default: not more than the policy's).
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    #: A request may mark itself idempotent (retryable whatever its method).
+    idempotent: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> Overrides:
+        if self.max_timeout is not None and 0 < self.max_timeout < self.min_timeout:
+            raise ValueError(
+                f"expected min_timeout <= max_timeout, got {self.min_timeout:g}s > "
+                f"{self.max_timeout:g}s"
+            )
+        return self
+
+
 class Route(_Model):
     match: RouteMatch = RouteMatch()
     #: Send matching calls to this service instead (its endpoints, balancer and outlier
@@ -310,6 +345,10 @@ class Route(_Model):
     idempotent: bool | None = None
     split: tuple[SplitTarget, ...] | None = None
     fault: Fault | None = None
+    #: What a request may override of this route's settings (default: the service's).
+    overrides: Overrides | None = None
+    #: As the service's ``zone_affinity``, for matching calls.
+    zone_affinity: bool | None = None
     #: Overrides the service's ``mirror`` for matching calls (``{percent: 0}``: none).
     mirror: Mirror | None = None
 
@@ -329,8 +368,36 @@ class Route(_Model):
         return value
 
 
+def _endpoint_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http:// or https:// URLs, got {url[:200]!r}")
+    return url.rstrip("/")
+
+
+class ZonedEndpoint(_Model):
+    """An endpoint with the zone it runs in, for ``zone_affinity``."""
+
+    url: str
+    #: The zone it runs in (``us-east-1a``), compared with the caller's ``MESH_ZONE``.
+    zone: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _endpoint_url(value)
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if not is_zone_name(value):
+            raise ValueError(f"expected {ZONE_NAME_EXPECTED}, got {value[:100]!r}")
+        return value
+
+
 class ServicePolicy(_Model):
-    endpoints: tuple[str, ...] = ()
+    #: Origins, each a URL or ``{url, zone}``.
+    endpoints: tuple[str | ZonedEndpoint, ...] = ()
     #: ``host:port`` whose A/AAAA records are this service's endpoints (a headless service).
     dns: str | None = None
     timeout: Duration | None = None
@@ -341,6 +408,11 @@ class ServicePolicy(_Model):
     routes: tuple[Route, ...] = ()
     split: tuple[SplitTarget, ...] = ()
     fault: Fault | None = None
+    #: What a request may override of this service's settings (timeout, retries, idempotency).
+    overrides: Overrides | None = None
+    #: Prefer endpoints in this instance's zone (``MESH_ZONE``) while they are healthy and
+    #: not overloaded; the others take the spill-over (``docs/outbound.md``).
+    zone_affinity: bool | None = None
     #: A copy of ``percent`` of the calls, sent to another service and its answer discarded.
     mirror: Mirror | None = None
     #: The SPIFFE ID its ``https://`` endpoints must present, where it is not the mesh's
@@ -359,12 +431,15 @@ class ServicePolicy(_Model):
 
     @field_validator("endpoints")
     @classmethod
-    def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
-        for url in endpoints:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
-        return tuple(url.rstrip("/") for url in endpoints)
+    def _urls(cls, endpoints: tuple[str | ZonedEndpoint, ...]) -> tuple[str | ZonedEndpoint, ...]:
+        return tuple(e if isinstance(e, ZonedEndpoint) else _endpoint_url(e) for e in endpoints)
+
+    def endpoint_urls(self) -> tuple[str, ...]:
+        return tuple(e.url if isinstance(e, ZonedEndpoint) else e for e in self.endpoints)
+
+    def endpoint_zones(self) -> tuple[tuple[str, str], ...]:
+        """``(url, zone)`` of the endpoints given with a zone."""
+        return tuple((e.url, e.zone) for e in self.endpoints if isinstance(e, ZonedEndpoint))
 
     @field_validator("dns")
     @classmethod

@@ -93,7 +93,8 @@ class MeshMetrics:
         self.outbound_refusals = Counter(
             "mesh_outbound_refusals",
             "Outbound calls the mesh refused before or between tries, by upstream and reason "
-            "(circuit-open, budget, deadline, per-try, no-endpoints, plaintext, identity).",
+            "(circuit-open, budget, deadline, per-try, no-endpoints, plaintext, identity, "
+            "override).",
             ["service", "upstream", "reason"],
             registry=r,
         )
@@ -103,6 +104,20 @@ class MeshMetrics:
             "(sent: answered, whatever the status; failed: no answer; dropped: too many in "
             "flight, too late or the transport closing; skipped: a body that cannot be replayed).",
             ["service", "upstream", "result"],
+            registry=r,
+        )
+        self.outbound_overrides = Counter(
+            "mesh_outbound_overrides",
+            "Outbound calls with per-request overrides (the mesh extension or mesh-* headers), "
+            "by upstream and result (applied, or clamped to the policy's bounds).",
+            ["service", "upstream", "result"],
+            registry=r,
+        )
+        self.outbound_zone_tries = Counter(
+            "mesh_outbound_zone_tries",
+            "Tries of calls with zone_affinity, by upstream and locality (local: in the "
+            "caller's MESH_ZONE; remote: spilled over to another zone).",
+            ["service", "upstream", "locality"],
             registry=r,
         )
         self.outbound_ejections = Counter(

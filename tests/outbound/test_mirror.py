@@ -17,6 +17,7 @@ from asgimesh._wire import parse_traceparent
 from asgimesh.outbound._compile import MirrorConfig, compile_policy
 from asgimesh.outbound._mirror import DEFAULT_MIRROR_TIMEOUT, Mirror, MirrorGate, shadow_host
 from asgimesh.outbound._planner import CallPlanner
+from asgimesh.outbound._steps import Fail
 from asgimesh.outbound._traffic import draw_mirror
 from asgimesh.policy import validate_document
 from asgimesh.policy._load import PolicyError
@@ -265,9 +266,27 @@ def test_copy_time_limit_is_the_per_try_timeout_within_the_calls_deadline() -> N
         capped = copy_of(p)
     finally:
         _current.reset(token)
-    assert capped.limit == pytest.approx(0.05)
+    assert capped.expires() == pytest.approx(0.15)
+    assert capped.begin(clock()) is not None and capped.limit == pytest.approx(0.05)
     unbounded = planner(searches({"service": "search-v2"}), defaults={"timeout": 0, "per_try_timeout": 0})
-    assert copy_of(unbounded).limit == DEFAULT_MIRROR_TIMEOUT
+    assert copy_of(unbounded).expires() == DEFAULT_MIRROR_TIMEOUT
+
+
+def test_a_requests_own_shorter_timeout_binds_its_copy() -> None:
+    p = planner(searches({"service": "search-v2"}), defaults={"timeout": "5s", "per_try_timeout": "2s"})
+    mirror = copy_of(p, headers=[(b"host", b"search"), (b"mesh-timeout", b"300ms")])
+    send = mirror.begin(0.0)
+    assert send is not None and mirror.limit == pytest.approx(0.3)
+    assert b"mesh-timeout" not in dict(send.headers)  # an instruction to this mesh, not sent on
+
+
+def test_a_call_refused_before_its_first_try_sends_no_copy() -> None:
+    p = planner(searches({"service": "search-v2"}))
+    call = p.plan("GET", "search", "/", replayable=True)
+    assert call is not None and call.mirror is not None
+    step = call.start([(b"host", b"search"), (b"mesh-timeout", b"fast")], None, 0.0)
+    assert isinstance(step, Fail) and call.mirror is None
+    assert mirrors(p, "dropped") == 1 and p.mirrors.in_flight == 0
 
 
 def test_copy_queued_past_its_limit_is_dropped_unsent() -> None:
