@@ -206,7 +206,24 @@ class MeshRuntime:
         serve`` on SIGTERM (at the start of its ``--drain-delay``)."""
         if not self.draining:
             self.draining = True
+            self.reporter.state = "draining"
             log.info("draining", service=self.settings.service)
+            if self.source is not None:
+                self.source.report_soon()
+
+    def serving(self) -> None:
+        """A server (re)started serving with this runtime: no longer draining or stopped."""
+        self.draining = False
+        self.reporter.state = "serving"
+
+    def stopped(self) -> None:
+        """The server has stopped serving (its lifespan shutdown is complete, a gunicorn worker
+        exits): the last report goes out now, bounded in time, so the control plane drops the
+        instance at once instead of counting it until its reports go stale."""
+        self.draining = True
+        self.reporter.state = "stopped"
+        if self.source is not None:
+            self.source.report_final()
 
     def close(self) -> None:
         """Stop background work (the config source's watcher, identity renewal) and remove the

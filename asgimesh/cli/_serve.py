@@ -136,6 +136,8 @@ def _serve_asgi(args: argparse.Namespace, runtime: Any) -> int:
     server = _draining_server(uvicorn, runtime, args.drain_delay)(config)
     _say_where(runtime, scheme, args.host, args.port)
     server.run()
+    if runtime.reporter.state != "stopped":  # an app without a lifespan: say goodbye here
+        runtime.stopped()
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -53,6 +53,8 @@ _Reason = Annotated[str, StringConstraints(pattern=REASON_PATTERN)]
 _Count = Annotated[int, Field(ge=0, le=MAX_REQUESTS)]
 
 
+#: Concurrency limits (the policy model's bound on adaptive concurrency's ``max_limit``).
+MAX_CONCURRENCY_LIMIT = 100_000
 #: Process ids and wall-clock times (Unix seconds, up to the year 2286).
 MAX_PID = 2**31
 MAX_TIME = 10**10
@@ -106,6 +108,11 @@ class Report(BaseModel):
     rate_limited: int = Field(default=0, ge=0, le=MAX_REQUESTS)
     pid: int | None = Field(default=None, ge=0, le=MAX_PID)
     address: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
+    #: ``draining``: shutting down (its health answers 503); ``stopped``: its last report,
+    #: after which it is left out of the roll-up at once rather than when it goes stale.
+    state: Literal["serving", "draining", "stopped"] = "serving"
+    #: The inbound concurrency limit in force (adaptive concurrency's current finding).
+    concurrency_limit: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_LIMIT)
     #: Per upstream (a mesh service, or a host outside the mesh), what this instance sent.
     outbound: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], EdgeReport] = Field(
         default_factory=dict, max_length=MAX_UPSTREAMS_PER_REPORT
@@ -128,6 +135,8 @@ def _readable(stored: Iterable[Any]) -> list[tuple[Report, float | None]]:
         try:
             report = _Stored.model_validate(entry)
         except (ValidationError, RecursionError):
+            continue
+        if report.state == "stopped":  # it said goodbye: not an instance any more
             continue
         received = entry.get("received")
         if not isinstance(received, float) or not math.isfinite(received):
@@ -163,6 +172,8 @@ def roll_up(reports: Iterable[Any]) -> list[dict[str, Any]]:
                         "rate_limited": r.rate_limited,
                         "pid": r.pid,
                         "address": r.address,
+                        "state": r.state,
+                        "concurrency_limit": r.concurrency_limit,
                         "reported": received,
                     }
                     for r, received in sorted(instances, key=lambda pair: pair[0].instance)

@@ -120,24 +120,34 @@ class MeshMiddleware:
                 await _refuse_websocket(scope, receive, send, refused)
                 return
         elif scope["type"] == "lifespan":
-            receive = _draining_on_shutdown(receive, self.runtime)
+            receive, send = _draining_on_shutdown(receive, send, self.runtime)
         await self.app(scope, receive, send)
 
 
-def _draining_on_shutdown(receive: Receive, runtime: MeshRuntime) -> Receive:
-    """The lifespan's ``receive``, marking the runtime draining when the server says it is
-    shutting down (before the app's own shutdown work runs), and serving again when a server
-    starts it up (a test client, or a server started again in the same process)."""
+def _draining_on_shutdown(
+    receive: Receive, send: Send, runtime: MeshRuntime
+) -> tuple[Receive, Send]:
+    """The lifespan's ``receive`` and ``send``: the runtime drains when the server says it is
+    shutting down (before the app's own shutdown work runs), sends its last report once the
+    app's shutdown is complete (in a worker thread: bounded, never on the loop), and serves
+    again when a server starts it up (a test client, or a server started again)."""
 
-    async def wrapped() -> Message:
+    async def wrapped_receive() -> Message:
         message = await receive()
         if message["type"] == "lifespan.shutdown":
             runtime.drain()
         elif message["type"] == "lifespan.startup":
-            runtime.draining = False
+            runtime.serving()
         return message
 
-    return wrapped
+    async def wrapped_send(message: Message) -> None:
+        if message["type"] == "lifespan.shutdown.complete":
+            import anyio.to_thread  # once per process life: not worth an import at start-up
+
+            await anyio.to_thread.run_sync(runtime.stopped)
+        await send(message)
+
+    return wrapped_receive, wrapped_send
 
 
 def _trim(error: BaseException) -> None:

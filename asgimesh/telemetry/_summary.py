@@ -68,6 +68,8 @@ class Reading:
     #: Inbound requests refused by authorization, and by a rate or concurrency limit.
     denied: float = 0.0
     limited: float = 0.0
+    #: The inbound concurrency limit in force (``mesh_inbound_concurrency_limit``; 0: none).
+    concurrency_limit: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +82,19 @@ class Golden:
 
 
 #: The families a report reads (the others are left alone).
-_REPORTED = ("mesh_inbound_request", "mesh_outbound_", "mesh_authz_denied", "mesh_rate_limited")
+_REPORTED = (
+    "mesh_inbound_request",
+    "mesh_inbound_concurrency_limit",
+    "mesh_outbound_",
+    "mesh_authz_denied",
+    "mesh_rate_limited",
+)
 
 
 def read_registry(registry: CollectorRegistry, service: str) -> Reading:
     """Inbound request totals (5xx count as failures) and duration buckets for ``service``, and
     the same per upstream for its outbound calls (5xx and ``error`` count as failures)."""
-    requests = failures = denied = limited = 0.0
+    requests = failures = denied = limited = limit = 0.0
     buckets: dict[float, float] = {}
     out: dict[str, dict[str, Any]] = {}
 
@@ -113,6 +121,9 @@ def read_registry(registry: CollectorRegistry, service: str) -> Reading:
             if labels.get("service") != service:
                 continue
             kind = sample.name[len(name) :]
+            if name == "mesh_inbound_concurrency_limit":
+                limit = sample.value
+                continue
             if kind == "_bucket":
                 if name == "mesh_inbound_request_duration_seconds":
                     buckets[float(labels["le"])] = sample.value
@@ -152,7 +163,7 @@ def read_registry(registry: CollectorRegistry, service: str) -> Reading:
         for name, entry in out.items()
     }
     return Reading(
-        requests, failures, tuple(sorted(buckets.items())), outbound, denied, limited
+        requests, failures, tuple(sorted(buckets.items())), outbound, denied, limited, limit
     )
 
 
@@ -295,6 +306,9 @@ class InstanceReport:
         self._clock = clock
         self._reading = Reading()
         self._read_at = clock()
+        #: ``serving``, ``draining`` (shutting down, still serving what comes) or ``stopped``
+        #: (the last report: the control plane drops the instance at once).
+        self.state = "serving"
 
     def serving_on(self, host: object, port: object) -> None:
         """The address a server hands the app (ASGI ``scope["server"]``, WSGI ``SERVER_NAME``
@@ -328,6 +342,8 @@ class InstanceReport:
             "rate_limited": max(0, int(reading.limited - previous.limited)),
             "pid": os.getpid(),
             "address": self.address,
+            "state": self.state,
+            "concurrency_limit": int(reading.concurrency_limit) or None,
             "outbound": outbound_since(
                 previous, reading, elapsed, ejected_now(self._ejections, self._wall_clock())
             ),

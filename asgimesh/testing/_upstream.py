@@ -9,8 +9,9 @@ test or a chaos drill drives real uvicorn processes on loopback rather than mock
 
 Control paths (never subject to the behaviour): ``GET /_upstream/stats`` (requests seen, per
 method, and the headers, body length and body SHA-256 of the last request),
-``PUT /_upstream/behaviour`` with a behaviour string as body, ``PUT /_upstream/retry-after`` (a
-``Retry-After`` value for 429/503 answers), ``POST /_upstream/reset-stats``.
+``PUT /_upstream/behaviour`` with a behaviour string as body (which also clears any
+``Retry-After``), ``PUT /_upstream/retry-after`` (a ``Retry-After`` value for 429/503 answers,
+until the next behaviour), ``POST /_upstream/reset-stats``.
 
 Paths under ``/stream`` answer (when ``ok``) ten chunks 20 ms apart. Behaviour strings: ``ok``,
 ``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
@@ -177,6 +178,9 @@ class FakeUpstream:
             except ValueError as exc:
                 await _send_json(send, 422, {"error": "bad behaviour", "detail": str(exc)})
                 return
+            # A new behaviour starts clean: a Retry-After set for the last one would otherwise
+            # stretch (or stop) the retries of whoever uses this upstream next.
+            self.behaviour_headers = {}
             await _send_json(send, 200, {"behaviour": str(self.behaviour)})
         elif path == "/_upstream/retry-after" and method == "PUT":
             self.behaviour_headers = {"retry-after": body.decode("ascii", "replace").strip()}

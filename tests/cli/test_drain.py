@@ -119,3 +119,49 @@ def test_a_rolling_restart_of_two_replicas_fails_no_call(spawn: Spawner, server:
     # The callers kept being answered by the replicas (a restarted one may stay ejected by
     # outlier detection for its base ejection time: the other carries the load meanwhile).
     assert len(seen) > 100 and set(seen) == {"a", "b"}
+
+
+def _instances(cp_url: str) -> dict[str, dict[str, Any]]:
+    services = httpx.get(cp_url + "/v1/services", timeout=5).json()["services"]
+    return {i["instance"]: i for s in services for i in s["instances"]}
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_the_control_plane_hears_the_drain_and_the_last_report(
+    spawn: Spawner, control_plane_process: Any, server: str
+) -> None:
+    """Reports are due only hourly here: what the control plane learns comes from the drain's
+    report (sent at once) and the last one, as the process exits (it then drops the instance
+    at once, not when its report goes stale). gunicorn drains for ``--drain-delay`` too."""
+    from tests.conftest import service_token
+
+    cp = control_plane_process.start()
+    app, extra = ("tests.cli.drain_app:app", ()) if server == "uvicorn" else (
+        "tests.cli.drain_app:wsgi_app", ("--wsgi",))  # fmt: skip
+    replica = spawn.start(
+        [sys.executable, "-m", "asgimesh", "serve", app, "--port", "{port}", *extra,
+         "--drain-delay", "3s", "--grace", "5s"],
+        port=free_port(),
+        env={"REPLICA": "a", "MESH_SERVICE": "work", "MESH_INSTANCE": "work-a",
+             "MESH_CONFIG": cp.url + "?report=1h", "MESH_TOKEN": service_token(cp.url, "work")},
+        ready_path="/_mesh/health",
+    )  # fmt: skip
+    assert httpx.get(replica.url + "/work").text == "a"
+    assert _instances(cp.url) == {}  # nothing reported yet
+    replica.proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    deadline = stopped + 2.5
+    draining: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        health = httpx.get(replica.url + "/_mesh/health")  # gunicorn: this request sees the flag
+        draining = _instances(cp.url)
+        if health.status_code == 503 and draining:
+            break
+        time.sleep(0.1)
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    (name,) = draining
+    assert name.startswith("work-a-") and draining[name]["state"] == "draining"
+    assert httpx.get(replica.url + "/work").text == "a"  # still served while draining
+    assert replica.proc.wait(timeout=20) is not None
+    assert time.monotonic() - stopped >= 2.9  # the whole delay was served, gunicorn too
+    assert _instances(cp.url) == {}  # the last report said goodbye

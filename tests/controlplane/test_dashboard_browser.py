@@ -309,6 +309,8 @@ def test_dashboard_renders_services_instances_and_policy(
         success_rate=0.95,
         p50_ms=4.0,
         p99_ms=88.5,
+        state="draining",
+        concurrency_limit=12,
     )
     report(cp.url, orders, service="orders", instance=PAYLOAD, policy_version=2)
     # Reporting names are checked by the API, so markup can arrive only as an instance name
@@ -336,6 +338,8 @@ def test_dashboard_renders_services_instances_and_policy(
     assert current.cells[6:8] == ["0", "0"] and current.cells[8].endswith(" s ago")
     behind = page.row(**{"class": "instance behind", "data-instance": "pay-2"})
     assert behind.cells[1] == "v1behind"
+    assert behind.cells[0] == "pay-2draininglimit 12"  # shutting down; adaptive limit found
+    assert current.cells[0] == "pay-1"
 
     # The markup is on the page as text: the DOM serialisation escapes it, nothing ran.
     hostile = page.row(**{"class": "instance", "data-instance": PAYLOAD})

@@ -102,3 +102,22 @@ def test_edges_roll_up_per_caller_and_callee() -> None:
     assert pay["retries"] == {"503": 3, "connect": 4}
     assert pay["ejections"] == 2 and pay["refusals"] == {"budget": 1}
     assert roll_up_edges([]) == []
+
+
+def test_a_stopped_instance_leaves_the_roll_up_at_once_and_a_draining_one_says_so() -> None:
+    from asgimesh.controlplane._rollup import roll_up_edges
+
+    base = {"service": "pay", "policy_version": 1, "requests": 10, "requests_per_second": 1.0,
+            "outbound": {"ledger": {"requests": 5, "requests_per_second": 0.5}}}  # fmt: skip
+    reports = [
+        {**base, "instance": "pay-1", "state": "draining", "concurrency_limit": 12},
+        {**base, "instance": "pay-2", "state": "stopped"},
+        {**base, "instance": "pay-3"},
+        {**base, "instance": "pay-4", "state": "gone fishing"},  # not a state: skipped
+    ]
+    (row,) = roll_up(reports)
+    assert [(i["instance"], i["state"], i["concurrency_limit"]) for i in row["instances"]] == [
+        ("pay-1", "draining", 12), ("pay-3", "serving", None)]  # fmt: skip
+    assert row["requests_per_second"] == 2.0
+    (edge,) = roll_up_edges(reports)
+    assert edge["instances"] == 2 and edge["requests"] == 10

@@ -551,9 +551,12 @@ async def run(
             writer.write(b"".join(r.raw for r in batch))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
-            if alone:
+            if alone and batch[-1].body_size is None:
+                # A lying content-length must not hang the server. Only then: asyncio closes a
+                # server's transport on EOF (uvicorn's ``eof_received`` returns None), so an
+                # honest request whose app takes a moment (``/call``) would lose its answer.
                 with contextlib.suppress(OSError):
-                    writer.write_eof()  # a lying content-length must not hang the server
+                    writer.write_eof()
             while pending:
                 try:
                     response = await asyncio.wait_for(

@@ -52,6 +52,17 @@ def test_instance_report_covers_the_interval_since_the_last_one() -> None:
     assert InstanceReport(metrics.registry, "orders").instance != report.instance
 
 
+def test_a_report_says_the_instances_state_and_its_concurrency_limit() -> None:
+    metrics = MeshMetrics("orders")
+    report = InstanceReport(metrics.registry, "orders", instance="orders-1")
+    first = report(1)
+    assert first["state"] == "serving" and first["concurrency_limit"] is None  # gauge at 0
+    metrics.concurrency_limit.set(37)
+    report.state = "draining"
+    second = report(1)
+    assert second["state"] == "draining" and second["concurrency_limit"] == 37
+
+
 def test_instance_names_say_which_process() -> None:
     import os
 

@@ -48,6 +48,8 @@ async def test_behaviours_and_control_paths() -> None:
         bad = await client.put("/_upstream/behaviour", content=b"nonsense")
         assert bad.status_code == 422 and "expected ok" in bad.json()["detail"]
         await client.put("/_upstream/behaviour", content=b"fail:503")
+        assert "retry-after" not in (await client.get("/z")).headers  # a new behaviour: cleared
+        await client.put("/_upstream/retry-after", content=b"3")
         assert (await client.get("/z")).headers["retry-after"] == "3"
         assert (await client.get("/stream")).status_code == 503
         await client.put("/_upstream/behaviour", content=b"ok")

@@ -214,6 +214,12 @@ function instanceRow(i, current) {
   row.dataset.instance = String(i.instance);
   const name = el("td", instanceName(i), "name");
   name.title = String(i.instance);
+  if (i.state === "draining") name.append(el("span", "draining", "badge"));
+  if (!missing(i.concurrency_limit)) {
+    const limit = el("span", "limit " + i.concurrency_limit, "count");
+    limit.title = "inbound concurrency limit in force (adaptive concurrency's current finding)";
+    name.append(limit);
+  }
   const version = el("td", "v" + i.policy_version, late ? "bad" : "");
   if (late) version.append(el("span", "behind", "badge"));
   row.append(name, version);

@@ -57,6 +57,12 @@ class PolicySource(Protocol):
     def close(self) -> None:
         """Stop following changes."""
 
+    def report_soon(self) -> None:
+        """Send this instance's report now rather than when it is due (never blocks)."""
+
+    def report_final(self) -> None:
+        """Send this instance's last report, waiting a bounded time (the process exits)."""
+
 
 def policy_source_for(
     settings: MeshSettings, policy: PolicyStore, *, reporter: Reporter | None = None

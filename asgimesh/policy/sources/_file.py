@@ -48,6 +48,12 @@ class FilePolicySource:
             )
             self._thread.start()
 
+    def report_soon(self) -> None:
+        """A file has no one to report to."""
+
+    def report_final(self) -> None:
+        """A file has no one to report to."""
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:

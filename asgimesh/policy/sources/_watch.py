@@ -59,6 +59,8 @@ __all__ = ["ControlPlaneSource", "Reporter"]
 log = get_logger("asgimesh.policy")
 
 FIRST_LOAD_TIMEOUT = 3.0
+#: How long a process that is exiting waits for its last report to go out.
+FINAL_REPORT_TIMEOUT = 2.0
 #: A watch cycle shorter than this that brought nothing new is a surprise: back off.
 QUICK_CYCLE = 1.0
 _REFUSALS_KEPT = 16
@@ -112,6 +114,8 @@ class ControlPlaneSource:
         self._refused: collections.OrderedDict[tuple[object, ...], None] = (
             collections.OrderedDict()
         )
+        #: Set (on the watch's loop) to send the next report now rather than at its time.
+        self._report_now: anyio.Event | None = None
 
     # -- PolicySource -----------------------------------------------------------------------------
 
@@ -144,6 +148,31 @@ class ControlPlaneSource:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+    def report_soon(self) -> None:
+        """Send a report now, from the watch's loop (the instance started draining: the
+        control plane should know before its next report is due). Never blocks."""
+        loop, event = self._loop, self._report_now
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already finished
+                loop.call_soon_threadsafe(event.set)
+
+    def report_final(self, timeout: float = FINAL_REPORT_TIMEOUT) -> None:
+        """Send one last report, waiting at most ``timeout`` seconds (the process is about to
+        exit: the control plane drops the instance at once instead of when it goes stale).
+        A control plane that is down costs the wait for a refused connection, nothing more."""
+        if self._reporter is None:
+            return
+
+        async def final() -> None:
+            feed = self._feed()
+            try:
+                with contextlib.suppress(FeedUnavailableError):
+                    await self._report(feed)
+            finally:
+                await feed.aclose()
+
+        _run_in_thread(final, timeout)
 
     def on_request(self) -> None:
         """Serverless mode: start a refresh if one is due and none is running; never blocks."""
@@ -300,7 +329,9 @@ class ControlPlaneSource:
 
     async def _report_loop(self, feed: Feed) -> None:
         while True:
-            await anyio.sleep(self.options.report_every)
+            event = self._report_now = anyio.Event()
+            with anyio.move_on_after(self.options.report_every):
+                await event.wait()
             with contextlib.suppress(FeedUnavailableError):  # the poll loop logs outages
                 await self._report(feed)
 
