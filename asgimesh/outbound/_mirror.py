@@ -185,6 +185,9 @@ class Mirror:
         if gate is None:
             return
         self._gate = None
+        # The call and its copy refer to each other: untie them, so that both go with their
+        # last reference rather than waiting for the cycle collector.
+        self.call.mirror = None
         if self.endpoint is not None:
             self.endpoint.outstanding -= 1
         gate.release()

@@ -327,6 +327,7 @@ def test_abandoned_copy_is_dropped_and_frees_its_place() -> None:
     p = planner(searches({"service": "search-v2"}))
     mirror = copy_of(p)
     send = mirror.begin(0.0)
-    assert send is not None
+    assert send is not None and mirror.call.mirror is mirror
     mirror.abandoned(0.5)
+    assert mirror.call.mirror is None  # no cycle left for the collector
     assert mirrors(p, "dropped") == 1 and p.mirrors.in_flight == 0 and send.endpoint.outstanding == 0
