@@ -29,8 +29,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import structlog
-
 __all__ = ["MeshLogger", "Throttle", "describe_error", "get_logger", "redact"]
 
 #: The longest exception message or path the mesh writes into one event.
@@ -73,33 +71,53 @@ class MeshLogger:
     so a host that configures structlog after importing the mesh is followed), else to the mesh's
     own minimal pipeline. Events are rare (errors, reloads) but for the opt-in access log and an
     app that fails on every request, where the choice costs one function call.
+
+    structlog itself is not imported here: a host that has not imported it cannot have
+    configured it, so until it does the mesh's own pipeline is the answer without it (importing
+    structlog costs a serverless cold start about 20 ms, most of it ``structlog.dev`` loading
+    ``rich`` where that is installed).
     """
 
-    __slots__ = ("_host", "_own")
+    __slots__ = ("_host", "_name", "_own")
 
     def __init__(self, name: str, file: TextIO | None = None) -> None:
-        self._host: Any = structlog.get_logger(name)
+        self._name = name
+        self._host: Any = None
         self._own = _OwnLogger(name, file)
 
+    def _configured(self) -> Any:
+        """The host's structlog logger if the host has configured structlog, else ``None``."""
+        structlog = sys.modules.get("structlog")
+        if structlog is None or not structlog.is_configured():
+            return None
+        host = self._host
+        if host is None:
+            host = self._host = structlog.get_logger(self._name)
+        return host
+
     def debug(self, event: str, **fields: Any) -> None:
-        if structlog.is_configured():  # below the own pipeline's INFO: dropped
-            self._host.debug(event, **fields)
+        host = self._configured()
+        if host is not None:  # below the own pipeline's INFO: dropped
+            host.debug(event, **fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        if structlog.is_configured():
-            self._host.info(event, **fields)
+        host = self._configured()
+        if host is not None:
+            host.info(event, **fields)
         else:
             self._own.emit("info", event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        if structlog.is_configured():
-            self._host.warning(event, **fields)
+        host = self._configured()
+        if host is not None:
+            host.warning(event, **fields)
         else:
             self._own.emit("warning", event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        if structlog.is_configured():
-            self._host.error(event, **fields)
+        host = self._configured()
+        if host is not None:
+            host.error(event, **fields)
         else:
             self._own.emit("error", event, fields)
 

@@ -51,6 +51,8 @@ NOT_FOR_THE_MIDDLEWARE = [
     "asgimesh.outbound",
     "asgimesh.controlplane",
     "asgimesh.cli",
+    # Until the host imports (and configures) structlog, the mesh logs without it.
+    "structlog",
 ]
 
 
