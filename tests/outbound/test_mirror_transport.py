@@ -127,6 +127,10 @@ def test_a_seeded_share_of_calls_is_copied(mesh: Any, fake_upstreams: Any) -> No
     assert all(d.request("GET", "http://search/q").status_code == 200 for _ in range(calls))
     eventually(lambda: d.transport._planner.mirrors.in_flight == 0)
     copied = fake_upstreams.stats(target)["requests"]
+    # The draw is the only use of the random source here (one endpoint per service: the
+    # balancers draw nothing), so the seeded sequence says exactly which calls are copied.
+    replay = random.Random(11)
+    assert copied == sum(replay.random() * 100 < 25 for _ in range(calls))
     assert 15 <= copied <= 70  # 25% of 160 is 40 (binomial sd 5.5); a broken draw is 0 or 160
     assert mirrors(d.runtime, "sent") == copied
 
