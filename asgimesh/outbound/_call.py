@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._backoff import full_jitter
 from .._context import MeshContext
@@ -27,6 +27,9 @@ from ._refusal import Refusal
 from ._retry import Failure, parse_retry_after, retry_reason
 from ._steps import Done, Fail, Resolve, Respond, Send, Sleep, Step
 from ._upstream import Upstream
+
+if TYPE_CHECKING:
+    from ._mirror import Mirror
 
 __all__ = ["Call"]
 
@@ -67,6 +70,7 @@ class Call:
         "inbound_left",
         "limit",
         "method",
+        "mirror",
         "note",
         "replayable",
         "rng",
@@ -129,7 +133,14 @@ class Call:
         #: What the last decision did beyond its step, for the try's span events (read and
         #: cleared there): ``("retry", reason)`` or ``("budget", reason)``, a retry refused.
         self.note: tuple[str, str] | None = None
+        #: A shadow copy to send alongside, fire-and-forget (the planner sets it when drawn).
+        self.mirror: Mirror | None = None
         upstream.budget.deposit(now)
+
+    @property
+    def base_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers every try carries (:meth:`merge_headers` of the app's), once started."""
+        return self._base_headers
 
     def _set_deadline(self, now: float) -> None:
         timeout = self.config.timeout
@@ -162,6 +173,9 @@ class Call:
             try:
                 self._override(mesh, asked, now)
             except Refusal as refusal:
+                if self.mirror is not None:  # nothing is sent, so nothing is copied
+                    self.mirror.abandoned(now)
+                    self.mirror = None
                 return self._fail(refusal, now)
         dns = self.upstream.dns
         if dns is not None and dns.should_resolve(now):

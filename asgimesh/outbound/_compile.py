@@ -19,6 +19,7 @@ from ..policy import (
     Defaults,
     Fault,
     Hedge,
+    Mirror,
     OutlierDetection,
     Overrides,
     Policy,
@@ -39,6 +40,7 @@ __all__ = [
     "FaultConfig",
     "HeaderLookup",
     "HedgeConfig",
+    "MirrorConfig",
     "ServiceRoutes",
     "compile_policy",
 ]
@@ -86,6 +88,21 @@ class HedgeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """Copy ``percent`` of the calls to ``service`` (a key of the compiled backends)."""
+
+    service: str
+    percent: float
+
+    @classmethod
+    def of(cls, mirror: Mirror | None) -> MirrorConfig | None:
+        """``None`` for no mirror, and for one that copies nothing (``percent: 0``)."""
+        if mirror is None or mirror.service is None or mirror.percent <= 0:
+            return None
+        return cls(mirror.service, mirror.percent)
+
+
+@dataclass(frozen=True, slots=True)
 class CallConfig:
     """Everything one call of one service and route needs, concrete (no ``None`` = inherit)."""
 
@@ -112,6 +129,8 @@ class CallConfig:
     zone_affinity: bool | None = None
     #: Hedged requests (``None``: none, the call is one try at a time).
     hedge: HedgeConfig | None = None
+    #: Traffic mirroring: a fire-and-forget copy of some calls to another service.
+    mirror: MirrorConfig | None = None
 
     def is_idempotent(self, method: str) -> bool:
         return self.idempotent if self.idempotent is not None else method in IDEMPOTENT_METHODS
@@ -241,6 +260,7 @@ def _call_config(
     overrides: Overrides | None = None,
     zone_affinity: bool | None = None,
     hedge: Hedge | None = None,
+    mirror: Mirror | None = None,
 ) -> CallConfig:
     on = retries.on
     return CallConfig(
@@ -259,6 +279,7 @@ def _call_config(
         overrides=DEFAULT_BOUNDS if overrides is None else _bounds(overrides),
         zone_affinity=zone_affinity,
         hedge=HedgeConfig.of(hedge),
+        mirror=MirrorConfig.of(mirror),
     )
 
 
@@ -288,6 +309,7 @@ def _service_routes(name: str, defaults: Defaults, service: ServicePolicy) -> Se
         None,
         service.overrides,
         hedge=service.hedge,
+        mirror=service.mirror,
     )
     return ServiceRoutes(
         name=name,
@@ -312,6 +334,7 @@ def _route(
         route.overrides if route.overrides is not None else service.overrides,
         route.zone_affinity,
         route.hedge if route.hedge is not None else service.hedge,
+        mirror=route.mirror if route.mirror is not None else service.mirror,
     )
     return _CompiledRoute(
         method=route.match.method,
@@ -347,7 +370,8 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
 
     A split or route target the policy does not define gets a backend without endpoints: its
     share of the calls fails with ``NoHealthyEndpoints`` (as Envoy answers for a missing weighted
-    cluster) rather than silently going elsewhere.
+    cluster) rather than silently going elsewhere. A mirror target is a backend the same way
+    (its own endpoints, balancer and outlier state); an undefined one fails its copies, counted.
     """
     defaults = policy.defaults
     backends = {
@@ -355,10 +379,14 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
     }
     for service in policy.services.values():
         targets = [t.service for t in service.split]
+        if service.mirror is not None and service.mirror.service is not None:
+            targets.append(service.mirror.service)
         for route in service.routes:
             targets.extend(t.service for t in route.split or ())
             if route.service is not None:
                 targets.append(route.service)
+            if route.mirror is not None and route.mirror.service is not None:
+                targets.append(route.mirror.service)
         for target in targets:
             if target not in backends:
                 backends[target] = _backend(target, defaults, ServicePolicy())

@@ -20,6 +20,7 @@ class UpstreamMetrics:
         "_ejections",
         "_hedges",
         "_metrics",
+        "_mirrors",
         "_overrides",
         "_refusals",
         "_requests",
@@ -36,6 +37,7 @@ class UpstreamMetrics:
         self._retries: dict[str, Any] = {}
         self._refusals: dict[str, Any] = {}
         self._hedges: dict[str, Any] = {}
+        self._mirrors: dict[str, Any] = {}
         self._ejections: Any = None
         self._overrides: dict[bool, Any] = {}
         self._zone_tries: dict[bool, Any] = {}
@@ -79,6 +81,17 @@ class UpstreamMetrics:
                 self._metrics.service, self.upstream, kind
             )
             self._refusals[kind] = child
+        child.inc()
+
+    def mirror(self, result: str) -> None:
+        """A mirrored copy sent to this upstream ended (``sent``, ``failed``, ``dropped``,
+        ``skipped``); this upstream is the mirror target."""
+        child = self._mirrors.get(result)
+        if child is None:
+            child = self._metrics.outbound_mirrors.labels(
+                self._metrics.service, self.upstream, result
+            )
+            self._mirrors[result] = child
         child.inc()
 
     def override(self, clamped: bool) -> None:

@@ -3,8 +3,9 @@
 Holds what outlives a call: the compiled policy (recompiled only when the runtime's snapshot is a
 different object, so a policy change applies to the next call without a new client) and one
 :class:`Upstream` per service (endpoints and their statistics). It picks the call's config
-(service and route), its backend (traffic split) and its injected fault; the :class:`Call` then
-runs the protocol. Each transport owns one planner; the clock and the random source are injected
+(service and route), its backend (traffic split), its injected fault and whether it is mirrored
+(a :class:`Mirror`, within this transport's in-flight cap); the :class:`Call` then runs the
+protocol. Each transport owns one planner; the clock and the random source are injected
 so tests drive it deterministically.
 """
 
@@ -19,10 +20,11 @@ from .._context import current_context
 from .._runtime import MeshRuntime
 from ..policy import PolicySnapshot
 from ._call import Call
-from ._compile import CallConfig, CompiledPolicy, HeaderLookup, compile_policy
+from ._compile import CallConfig, CompiledPolicy, HeaderLookup, MirrorConfig, compile_policy
 from ._hedge import HedgedCall
 from ._metrics import UpstreamMetrics
-from ._traffic import choose_backend, draw_fault
+from ._mirror import Mirror, MirrorGate
+from ._traffic import choose_backend, draw_fault, draw_mirror
 from ._upstream import Upstream
 
 __all__ = ["CallPlanner"]
@@ -52,6 +54,8 @@ class CallPlanner:
         self._compiled = CompiledPolicy({}, {})
         self.upstreams: dict[str, Upstream] = {}
         self._passthrough: dict[str, UpstreamMetrics] = {}
+        #: This transport's mirrors in flight, and their cap.
+        self.mirrors = MirrorGate()
 
     def compiled(self) -> CompiledPolicy:
         """The compiled policy of the snapshot in force (compiled once per snapshot)."""
@@ -102,7 +106,7 @@ class CallPlanner:
         delay, abort = (0.0, None) if config.fault is None else draw_fault(config.fault, self.rng)
         upstream = self.upstreams[backend]
         kind = Call if config.hedge is None else _kind(config, method, replayable)
-        return kind(
+        call = kind(
             upstream,
             config,
             method,
@@ -119,6 +123,27 @@ class CallPlanner:
                 else config.zone_affinity
             ),
         )
+        mirror = config.mirror
+        # An aborted call sends nothing, so nothing is copied (Envoy's fault filter runs before
+        # its router mirrors); a call that itself goes to the mirror target is not copied to it.
+        if mirror is not None and abort is None and mirror.service != backend:
+            call.mirror = self._mirror(mirror, call, replayable)
+        return call
+
+    def _mirror(self, mirror: MirrorConfig, call: Call, replayable: bool) -> Mirror | None:
+        """The drawn share of calls gets a :class:`Mirror`, unless its body cannot be sent
+        twice (``skipped``: a stream is read once, by the call) or the cap is reached
+        (``dropped``). Counted under the mirror target."""
+        if not draw_mirror(mirror, self.rng):
+            return None
+        upstream = self.upstreams[mirror.service]
+        if not replayable:
+            upstream.metrics.mirror("skipped")
+            return None
+        if not self.mirrors.acquire():
+            upstream.metrics.mirror("dropped")
+            return None
+        return Mirror(upstream, self.mirrors, call, self.clock())
 
     def passthrough_metrics(self, host: str) -> UpstreamMetrics | None:
         """Metric children for a host that is not a mesh service (labelled with the host)."""

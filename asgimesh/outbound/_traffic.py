@@ -3,16 +3,16 @@
 ``split`` sends ``weight`` percent of a service's calls to another service (a canary, a
 migration); the rest stay. ``fault`` delays or aborts a percentage of calls before they leave,
 as Envoy's fault filter does, so that a chaos drill exercises the callers' timeouts and retries
-without touching the upstream.
+without touching the upstream. ``mirror`` copies a percentage of calls to another service.
 """
 
 from __future__ import annotations
 
 import random
 
-from ._compile import FaultConfig
+from ._compile import FaultConfig, MirrorConfig
 
-__all__ = ["choose_backend", "draw_fault"]
+__all__ = ["choose_backend", "draw_fault", "draw_mirror"]
 
 
 def choose_backend(service: str, split: tuple[tuple[str, float], ...], rng: random.Random) -> str:
@@ -38,3 +38,8 @@ def draw_fault(fault: FaultConfig | None, rng: random.Random) -> tuple[float, in
         else None
     )
     return delay, abort
+
+
+def draw_mirror(mirror: MirrorConfig, rng: random.Random) -> bool:
+    """Whether this call is mirrored: ``percent`` of them (100: every one, without a draw)."""
+    return mirror.percent >= 100 or rng.random() * 100 < mirror.percent

@@ -10,11 +10,17 @@ is a drop-in in every respect.
 Each driver is one loop over the call's steps: send, sleep, look up, answer or raise. What to
 do next is always the call's decision, made in one place for both drivers; what is left twice
 below is only the difference between ``await x()`` and ``x()``.
+
+A mirrored call's copy (:class:`~._mirror.Mirror`) is handed off before the first try to a task
+of the event loop or a mirror thread (:mod:`._shadow`) and never waited for. Copies use inner
+transports of their own, so a hung mirror target can hold none of the pool the real calls use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import queue
 import socket
 import threading
 import time
@@ -30,6 +36,7 @@ from ..telemetry import ClientSpans, TrySpan
 from ._call import RETRY_AFTER_STATUSES, Call
 from ._hedge import HedgedCall, Try
 from ._metrics import UpstreamMetrics
+from ._mirror import Mirror
 from ._planner import CallPlanner
 from ._protocols import (
     AsyncTransportLike,
@@ -40,11 +47,11 @@ from ._protocols import (
     SyncTransportLike,
 )
 from ._refusal import Refusal
+from ._shadow import AsyncMirrorTasks, SyncMirrorWorkers
 from ._steps import WAIT, Done, Fail, Resolve, Respond, Send, Sleep, Step, Wait
+from ._upstream import Upstream
 
 if TYPE_CHECKING:  # only hedged calls use them: not imported for every service
-    import queue
-
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -82,6 +89,8 @@ class _Shell(Generic[Req, Resp]):
         #: own client context expects that service's ID); everything else uses ``_inner``.
         self._mtls = settings.mtls != "off"
         self._secure_kwargs = {k: v for k, v in kwargs.items() if k not in ("verify", "cert")}
+        #: The mirrors' own inner transports are made from the same arguments, when needed.
+        self._kwargs = kwargs
         self._default_ids: dict[str, str] = {}
         #: Where mTLS cannot carry the identity (a mesh service's plain ``http://`` endpoint,
         #: permissive mode), a ``mesh-identity`` token for that service carries it instead.
@@ -93,7 +102,9 @@ class _Shell(Generic[Req, Resp]):
         """The ID ``call``'s service must present: its policy's ``identity``, else the mesh's
         default for its name. Secure inner transports are kept per ID, so a policy changing
         it reaches the next try."""
-        upstream = call.upstream
+        return self._expected_for(call.upstream)
+
+    def _expected_for(self, upstream: Upstream) -> str:
         override = upstream.config.identity
         if override is not None:
             return override
@@ -116,6 +127,33 @@ class _Shell(Generic[Req, Resp]):
             return None
         left = call.remaining(self._planner.clock())
         return IDENTITY_WAIT if left is None else max(left, 0.0)
+
+    def _mirror_key(self, mirror: Mirror, send: Send) -> str | None:
+        """Which of the mirrors' inner transports carries this copy: ``""`` the plain one, else
+        the ID its ``https://`` endpoint must present under mTLS; ``None`` when it cannot be
+        sent yet (no certificate of this service's own: a copy never waits for one)."""
+        if not self._mtls or send.endpoint.scheme != "https":
+            return ""
+        if self._planner.runtime.identity.current is None:
+            return None
+        return self._expected_for(mirror.upstream)
+
+    def _mirror_kwargs(self, key: str) -> dict[str, object]:
+        if not key:
+            return self._kwargs
+        return {"verify": self._context(key), **self._secure_kwargs}
+
+    def _mirror_tokened(self, mirror: Mirror, send: Send) -> Send:
+        """A copy to a plain endpoint under permissive mTLS carries the target's token if one
+        is at hand (cached, or made without I/O); a copy never waits for the control plane."""
+        minter = self._minter
+        if minter is None or send.endpoint.scheme == "https":
+            return send
+        audience = self._expected_for(mirror.upstream)
+        token = minter.cached(audience)
+        if token is None and not minter.needs_io:
+            token = minter.token_for(audience)
+        return self._tokened(send, token)
 
     def _tokened(self, send: Send, token: bytes | None) -> Send:
         if token is None:
@@ -217,6 +255,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
         self._inner: AsyncTransportLike[Req, Resp] = self._lib.async_transport(**kwargs)
         self._secure_inners: dict[str, AsyncTransportLike[Req, Resp]] = {}
+        self._mirror_tasks = AsyncMirrorTasks()
+        self._mirror_inners: dict[str, AsyncTransportLike[Req, Resp]] = {}
         super().__init__(runtime, kwargs)
 
     async def _secure(self, call: Call, request: Req) -> AsyncTransportLike[Req, Resp]:
@@ -263,6 +303,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
             return await self._hedged(call, request)
         lib, clock = self._lib, self._planner.clock
         step: Step = self._start(call, request)
+        if call.mirror is not None:
+            self._mirror(call.mirror, request)
         while True:
             if isinstance(step, Send):
                 send = step
@@ -342,6 +384,8 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         wrap it in an exception group): the race returns the answer or the error."""
         lib, clock = self._lib, self._planner.clock
         step: Step = self._start(call, request)
+        if call.mirror is not None:  # a copy for the mirror target, as for a plain call
+            self._mirror(call.mirror, request)
         while not isinstance(step, Send):  # a lookup, an injected delay or abort first
             if isinstance(step, Sleep):
                 await anyio.sleep(step.seconds)
@@ -454,6 +498,49 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         for traced in spans.values():
             traced.lost()
 
+    def _mirror(self, mirror: Mirror, request: Req) -> None:
+        """Hand the copy to a task of its own; the call goes on at once."""
+        if not self._mirror_tasks.spawn(lambda: self._shadow(mirror, request)):
+            mirror.abandoned(self._planner.clock())
+
+    async def _shadow(self, mirror: Mirror, request: Req) -> None:
+        """Send the copy once and discard its answer. Every error ends here, counted: nothing
+        awaits this task, so nothing else could see it."""
+        lib, clock = self._lib, self._planner.clock
+        send = mirror.begin(clock())
+        if send is None:
+            return
+        try:
+            key = self._mirror_key(mirror, send)
+            if key is None:
+                mirror.failed(None, clock())
+                return
+            inner = self._mirror_inners.get(key)
+            if inner is None:
+                inner = lib.async_transport(**self._mirror_kwargs(key))
+                self._mirror_inners[key] = inner
+            outgoing = lib.outgoing(request, self._mirror_tokened(mirror, send))
+            response = await inner.handle_async_request(outgoing)
+        except Exception as exc:
+            mirror.failed(lib.classify(exc), clock())
+            return
+        except BaseException:
+            mirror.abandoned(clock())
+            raise
+        status, at = response.status_code, clock()
+        try:
+            with contextlib.suppress(Exception):
+                await self._discard(response)
+        finally:
+            mirror.answered(status, at)
+
+    async def _close_mirrors(self) -> None:
+        """Cancel the copies in flight (bounded wait), then close their inner transports."""
+        await self._mirror_tasks.aclose()
+        inners, self._mirror_inners = list(self._mirror_inners.values()), {}
+        for inner in inners:
+            await inner.aclose()
+
     async def _passthrough(self, request: Req) -> Resp:
         measure = self._measure(request)
         if measure is None:
@@ -486,6 +573,7 @@ class AsyncMeshShell(_Shell[Req, Resp]):
             return None
 
     async def aclose(self) -> None:
+        await self._close_mirrors()
         for secure in self._secure_inners.values():
             await secure.aclose()
         await self._inner.aclose()
@@ -500,6 +588,7 @@ class AsyncMeshShell(_Shell[Req, Resp]):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        await self._close_mirrors()
         for secure in self._secure_inners.values():
             await secure.aclose()
         await self._inner.__aexit__(exc_type, exc_value, traceback)
@@ -512,6 +601,9 @@ class SyncMeshShell(_Shell[Req, Resp]):
     def __init__(self, *, runtime: MeshRuntime | None = None, **kwargs: object) -> None:
         self._inner: SyncTransportLike[Req, Resp] = self._lib.sync_transport(**kwargs)
         self._secure_inners: dict[str, SyncTransportLike[Req, Resp]] = {}
+        self._mirror_workers = SyncMirrorWorkers(self._close_mirror_inners)
+        self._mirror_inners: dict[str, SyncTransportLike[Req, Resp]] = {}
+        self._mirror_lock = threading.Lock()
         super().__init__(runtime, kwargs)
 
     def _secure(self, call: Call, request: Req) -> SyncTransportLike[Req, Resp]:
@@ -548,6 +640,8 @@ class SyncMeshShell(_Shell[Req, Resp]):
             return self._hedged(call, request)
         lib, clock = self._lib, self._planner.clock
         step: Step = self._start(call, request)
+        if call.mirror is not None:
+            self._mirror(call.mirror, request)
         while True:
             if isinstance(step, Send):
                 send = step
@@ -625,6 +719,8 @@ class SyncMeshShell(_Shell[Req, Resp]):
         the answer and releases the endpoint itself."""
         lib, clock = self._lib, self._planner.clock
         step: Step = self._start(call, request)
+        if call.mirror is not None:  # a copy for the mirror target, as for a plain call
+            self._mirror(call.mirror, request)
         while not isinstance(step, Send):
             if isinstance(step, Sleep):
                 time.sleep(step.seconds)
@@ -677,7 +773,7 @@ class SyncMeshShell(_Shell[Req, Resp]):
                 elif isinstance(step, Wait):
                     try:
                         tried, result = race.results.get(timeout=call.hedge_wait(clock()))
-                    except race.Empty:  # the hedge is due
+                    except queue.Empty:  # the hedge is due
                         step = call.hedge_due(clock()) or WAIT
                         continue
                     traced = spans.pop(tried, None)
@@ -759,10 +855,58 @@ class SyncMeshShell(_Shell[Req, Resp]):
             while True:
                 try:
                     late.append(race.results.get_nowait())
-                except race.Empty:
+                except queue.Empty:
                     break
         for tried, result in late:
             self._lose(call, tried, result, race, spans.pop(tried, None))
+
+    def _mirror(self, mirror: Mirror, request: Req) -> None:
+        """Queue the copy for a mirror thread; the call goes on at once."""
+        clock = self._planner.clock
+        if not self._mirror_workers.submit(
+            lambda: self._shadow(mirror, request), lambda: mirror.abandoned(clock())
+        ):
+            mirror.abandoned(clock())
+
+    def _shadow(self, mirror: Mirror, request: Req) -> None:
+        """As the async driver's, in a mirror thread. A copy that waited in the queue past its
+        time limit is dropped unsent (:meth:`Mirror.begin`)."""
+        lib, clock = self._lib, self._planner.clock
+        send = mirror.begin(clock())
+        if send is None:
+            return
+        try:
+            key = self._mirror_key(mirror, send)
+            if key is None:
+                mirror.failed(None, clock())
+                return
+            with self._mirror_lock:
+                inner = self._mirror_inners.get(key)
+                if inner is None:
+                    inner = lib.sync_transport(**self._mirror_kwargs(key))
+                    self._mirror_inners[key] = inner
+            response = inner.handle_request(
+                lib.outgoing(request, self._mirror_tokened(mirror, send))
+            )
+        except Exception as exc:
+            mirror.failed(lib.classify(exc), clock())
+            return
+        except BaseException:
+            mirror.abandoned(clock())
+            raise
+        status, at = response.status_code, clock()
+        try:
+            with contextlib.suppress(Exception):
+                self._discard(response)
+        finally:
+            mirror.answered(status, at)
+
+    def _close_mirror_inners(self) -> None:
+        """Once no mirror thread is left (closing never pulls a pool from under one)."""
+        with self._mirror_lock:
+            inners, self._mirror_inners = list(self._mirror_inners.values()), {}
+        for inner in inners:
+            inner.close()
 
     def _passthrough(self, request: Req) -> Resp:
         measure = self._measure(request)
@@ -793,6 +937,7 @@ class SyncMeshShell(_Shell[Req, Resp]):
             return None
 
     def close(self) -> None:
+        self._mirror_workers.close()
         for secure in self._secure_inners.values():
             secure.close()
         self._inner.close()
@@ -807,6 +952,7 @@ class SyncMeshShell(_Shell[Req, Resp]):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        self._mirror_workers.close()
         for secure in self._secure_inners.values():
             secure.close()
         self._inner.__exit__(exc_type, exc_value, traceback)
@@ -832,12 +978,9 @@ class _SyncRace(Generic[Resp]):
     """What a sync hedged call's threads share: their results, and whether the race is over
     (a try that ends after it is a loser, released by its own thread)."""
 
-    __slots__ = ("Empty", "lock", "over", "results")
+    __slots__ = ("lock", "over", "results")
 
     def __init__(self) -> None:
-        import queue  # on the first hedged call, not for every service that imports the mesh
-
-        self.Empty = queue.Empty
         self.lock = threading.Lock()
         self.over = False
         self.results: queue.SimpleQueue[_Result[Resp]] = queue.SimpleQueue()

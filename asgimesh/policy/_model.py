@@ -22,12 +22,20 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .._durations import parse_duration
-from .._wire import HTTP_METHODS, SERVICE_NAME, ZONE_NAME_EXPECTED, is_zone_name
+from .._wire import (
+    HTTP_METHODS,
+    SERVICE_NAME,
+    ZONE_NAME_EXPECTED,
+    is_service_name,
+    is_zone_name,
+)
 from ..identity import is_spiffe_id
 
 __all__ = [
@@ -42,6 +50,7 @@ __all__ = [
     "Hedge",
     "InboundPolicy",
     "LoadBalancer",
+    "Mirror",
     "OutlierDetection",
     "OutlierOverride",
     "Overrides",
@@ -242,6 +251,34 @@ class Hedge(_Model):
     max: Annotated[int, BeforeValidator(_hedge_max)] = 1
 
 
+class Mirror(_Model):
+    """Traffic mirroring (shadowing): ``percent`` of the calls are also sent, fire-and-forget,
+    to ``service``; its answers are discarded. ``{percent: 0}`` (no service) spares a route."""
+
+    service: str | None = None
+    #: Istio's ``mirrorPercentage``: all of them unless told otherwise.
+    percent: Percent = 100
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, value: str | None) -> str | None:
+        if value is not None and not is_service_name(value):
+            raise ValueError(
+                "expected a service name (letters, digits, '.', '_' and '-', starting and "
+                f"ending with a letter or digit), got {value[:100]!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _target(self) -> Mirror:
+        if self.service is None and self.percent > 0:
+            raise ValueError(
+                "expected service, the mesh service to mirror to "
+                "(or percent: 0, to mirror none of these calls)"
+            )
+        return self
+
+
 def _check_split(split: tuple[SplitTarget, ...]) -> tuple[SplitTarget, ...]:
     total = sum(target.weight for target in split)
     if total > 100:
@@ -361,6 +398,8 @@ class Route(_Model):
     zone_affinity: bool | None = None
     #: Hedged requests for matching calls (idempotent ones only); ``{max: 0}``: none here.
     hedge: Hedge | None = None
+    #: Overrides the service's ``mirror`` for matching calls (``{percent: 0}``: none).
+    mirror: Mirror | None = None
 
     @field_validator("split")
     @classmethod
@@ -425,6 +464,8 @@ class ServicePolicy(_Model):
     zone_affinity: bool | None = None
     #: Hedged requests for this service's idempotent calls (see ``docs/outbound.md``).
     hedge: Hedge | None = None
+    #: A copy of ``percent`` of the calls, sent to another service and its answer discarded.
+    mirror: Mirror | None = None
     #: The SPIFFE ID its ``https://`` endpoints must present, where it is not the mesh's
     #: default for the service's name (``spiffe://<trust domain>/ns/<namespace>/sa/<name>``):
     #: another namespace's service, a differently named workload, a federated trust domain.
@@ -572,3 +613,35 @@ class Policy(_Model):
     defaults: Defaults = Defaults()
     services: dict[str, ServicePolicy] = {}
     inbound: dict[str, InboundPolicy] = {}
+
+    @model_validator(mode="after")
+    def _mirrors_elsewhere(self) -> Policy:
+        """A mirror must copy the calls to another service than the one they go to: a copy to
+        the same service would double its traffic (and its writes) for nothing to compare.
+        Checked here, where the service's name (its key) is known, with the field's path."""
+        problems: list[InitErrorDetails] = []
+        for name, service in self.services.items():
+            checks: list[tuple[tuple[str | int, ...], Mirror | None, str]] = [
+                (("mirror",), service.mirror, name)
+            ]
+            checks.extend(
+                (("routes", index, "mirror"), route.mirror, route.service or name)
+                for index, route in enumerate(service.routes)
+            )
+            for where, mirror, destination in checks:
+                if mirror is not None and mirror.service == destination:
+                    # Service names hold no braces (checked above): safe as a message template.
+                    message = (
+                        f"expected another service than {destination!r}, where these calls "
+                        f"go already, got {mirror.service!r}"
+                    )
+                    problems.append(
+                        InitErrorDetails(
+                            type=PydanticCustomError("value_error", message),
+                            loc=("services", name, *where, "service"),
+                            input=mirror.service,
+                        )
+                    )
+        if problems:
+            raise ValidationError.from_exception_data("Policy", problems)
+        return self

@@ -105,6 +105,14 @@ class MeshMetrics:
             ["service", "upstream", "reason"],
             registry=r,
         )
+        self.outbound_mirrors = Counter(
+            "mesh_outbound_mirrors",
+            "Mirrored (shadow) copies of outbound calls, by mirror target and result "
+            "(sent: answered, whatever the status; failed: no answer; dropped: too many in "
+            "flight, too late or the transport closing; skipped: a body that cannot be replayed).",
+            ["service", "upstream", "result"],
+            registry=r,
+        )
         self.outbound_overrides = Counter(
             "mesh_outbound_overrides",
             "Outbound calls with per-request overrides (the mesh extension or mesh-* headers), "

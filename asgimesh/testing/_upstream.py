@@ -9,10 +9,10 @@ mocks::
     uvicorn --factory asgimesh.testing:upstream_from_env --http h11   # UPSTREAM_BEHAVIOUR=fail:503
 
 Control paths (never subject to the behaviour): ``GET /_upstream/stats`` (requests seen, per
-method, and the headers of the last request), ``PUT /_upstream/behaviour`` with a behaviour
-string as body (which also clears any ``Retry-After``), ``PUT /_upstream/retry-after`` (a
-``Retry-After`` value for 429/503 answers, until the next behaviour),
-``POST /_upstream/reset-stats``.
+method, and the headers, body length and body SHA-256 of the last request),
+``PUT /_upstream/behaviour`` with a behaviour string as body (which also clears any
+``Retry-After``), ``PUT /_upstream/retry-after`` (a ``Retry-After`` value for 429/503 answers,
+until the next behaviour), ``POST /_upstream/reset-stats``.
 
 Paths under ``/stream`` answer (when ``ok``) ten chunks 20 ms apart. Behaviour strings: ``ok``,
 ``fail:503``, ``hang``, ``slow:0.2`` (seconds), ``reset``,
@@ -27,6 +27,7 @@ header h11 refuses, so uvicorn's h11 protocol drops the connection before any by
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -103,6 +104,8 @@ class FakeUpstream:
         self.requests = 0
         self.by_method: Counter[str] = Counter()
         self.last_headers: dict[str, str] = {}
+        #: The last request's body, as its length and SHA-256 (a test compares copies by it).
+        self.last_body: tuple[int, str] = (0, "")
         #: Extra headers of 429/503 answers, set by ``PUT /_upstream/retry-after``.
         self.behaviour_headers: dict[str, str] = {}
         self._rng = random.Random(seed)  # noqa: S311 - failure draws, not secrets
@@ -122,6 +125,7 @@ class FakeUpstream:
         self.by_method[scope["method"]] += 1
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.last_headers = headers
+        self.last_body = (len(body), hashlib.sha256(body).hexdigest())
         behaviour = self.behaviour
         kind = behaviour.kind
         if kind == "hang":
@@ -172,6 +176,8 @@ class FakeUpstream:
                     "requests": self.requests,
                     "by_method": dict(self.by_method),
                     "last_headers": self.last_headers,
+                    "last_body_length": self.last_body[0],
+                    "last_body_sha256": self.last_body[1],
                 },
             )
         elif path == "/_upstream/behaviour" and method == "PUT":
@@ -190,6 +196,7 @@ class FakeUpstream:
         elif path == "/_upstream/reset-stats" and method == "POST":
             self.requests = 0
             self.by_method.clear()
+            self.last_headers, self.last_body = {}, (0, "")
             await _send_json(send, 200, {"requests": 0})
         else:
             await _send_json(send, 404, {"error": "not found", "detail": path})

@@ -227,3 +227,18 @@ def test_threads_sharing_a_sync_transport_hedge_without_leaks(variant: str,
         assert settled(d) == [0, 0]
         assert sample(rt, "mesh_outbound_requests_total", upstream="pay", method="GET",
                       status="200") == 40
+
+
+def test_a_hedged_and_mirrored_call_sends_one_copy(mesh: Any, fake_upstreams: Any) -> None:
+    slow, fast, shadow = fake_upstreams.get(3)
+    fake_upstreams.control(slow, f"slow:{SLOW}")
+    services = pay([slow, fast], hedge={"delay": "20ms"}, mirror={"service": "shade"})
+    services["shade"] = {"endpoints": [shadow]}
+    d = mesh(services)
+    assert all(d.request("GET", "http://pay/").status_code == 200 for _ in range(4))
+    assert sample(d.runtime, "mesh_outbound_hedges_total", upstream="pay", result="sent") >= 1
+    deadline = time.monotonic() + 5
+    while fake_upstreams.stats(shadow)["requests"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # and no more come
+    assert fake_upstreams.stats(shadow)["requests"] == 4  # one copy per call, not per try

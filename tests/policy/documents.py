@@ -191,6 +191,7 @@ hedge = _model(
         "max": maybe(st.integers(-1, 5)),
     }
 )
+mirror = _model({"service": maybe(names), "percent": maybe(percents)})
 route = _model(
     {
         "match": maybe(_model({"method": maybe(methods), "path": maybe(paths)})),
@@ -201,6 +202,7 @@ route = _model(
         "split": maybe(split),
         "fault": maybe(fault),
         "hedge": maybe(hedge),
+        "mirror": maybe(mirror),
     }
 )
 load_balancers = mostly(["p2c_ewma", "round_robin", "least_request", "random"], ["best", ""])
@@ -217,6 +219,7 @@ service = _model(
         "split": maybe(split),
         "fault": maybe(fault),
         "hedge": maybe(hedge),
+        "mirror": maybe(mirror),
         "identity": maybe(identities),
     }
 )
