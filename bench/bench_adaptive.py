@@ -176,13 +176,15 @@ scheduled start; "p50/p99" are of the requests the service answered `200`; media
 {chr(10).join(rows)}
 
 When the offered load doubles past capacity, the fixed queue's p99 goes from
-{c(off, 0, 'p99')} ms to {c(off, 1, 'p99')} ms (and would keep growing for as long as the
-overload lasts: every request waits behind the backlog, which takes
-{cell(off, RATES[1], 'drain'):.1f} s to clear after the load stops), while with adaptive concurrency
-it goes from {c(on, 0, 'p99')} ms to {c(on, 1, 'p99')} ms: the limit sheds
-{c(on, 1, 'refused')}% of the calls at once with `503` and `Retry-After` (which a mesh caller
-retries on another replica, within its budget), and the rest are served
-at about the service's own latency."""
+{c(off, 0, 'p99')} ms to {c(off, 1, 'p99')} ms and would keep growing for as long as the overload
+lasts: every request waits behind the backlog, which takes {cell(off, RATES[1], 'drain'):.1f} s to
+clear after the load stops, and the service even answers fewer requests a second
+({c(off, 1, 'served')}/s against {c(on, 1, 'served')}/s), its worker busy with thousands of waiting
+connections. With adaptive concurrency the p99 goes from {c(on, 0, 'p99')} ms to
+{c(on, 1, 'p99')} ms and stays there: the limit sheds {c(on, 1, 'refused')}% of the calls at once
+with `503` and `Retry-After` (which a mesh caller retries on another replica, within its
+budget), and settles a little above the {CAPACITY} requests the service works on at once, so
+the requests it admits wait behind a short queue only."""
     write_section("adaptive", body, "bash bench/run.sh adaptive")
     print(body)
 
