@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import httpx
 
+from ._async_shell import AsyncMeshShell
 from ._binding import HttpBinding
-from ._transport import AsyncMeshShell, SyncMeshShell
+from ._sync_shell import SyncMeshShell
 
 __all__ = [
     "AsyncMeshTransport",
