@@ -86,20 +86,7 @@ class AsyncMeshShell(Shell[Req, Resp]):
             self._mirror(call.mirror, request)
         while True:
             if isinstance(step, Send):
-                send = step
-                if not self._mtls:
-                    inner = self._inner
-                elif send.endpoint.scheme == "https":
-                    inner = await self._secure(call, request)
-                else:
-                    inner = self._inner
-                    if self._minter is not None:
-                        send = await self._with_token(call, send)
-                traced = None
-                if call.try_started >= self._spans.next_check:  # else tracing is off
-                    traced = self._spans.begin(call, send)
-                    if traced is not None:
-                        send, inner = traced.send, traced.async_inner(inner)
+                send, inner, traced = await self._prepare(call, step, request)
                 try:
                     response = await inner.handle_async_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
@@ -138,7 +125,7 @@ class AsyncMeshShell(Shell[Req, Resp]):
     async def _prepare(
         self, call: Call, send: Send, request: Req
     ) -> tuple[Send, AsyncTransportLike[Req, Resp], TrySpan | None]:
-        """A hedged call's try as the plain loop makes it: the inner transport (mTLS or
+        """One try, made ready (plain and hedged calls alike): the inner transport (mTLS or
         not), the identity token, and the try's span while tracing is on."""
         if not self._mtls:
             inner = self._inner

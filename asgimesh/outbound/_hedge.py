@@ -22,16 +22,14 @@ per-request override that makes the call not idempotent (``_overrides``) stops i
 
 from __future__ import annotations
 
-import random
+from typing import Any
 
-from .._context import MeshContext
 from ._call import DEADLINE_SLACK, Call
-from ._compile import CallConfig, HedgeConfig
+from ._compile import HedgeConfig
 from ._endpoint import Endpoint
 from ._refusal import Refusal
 from ._retry import Failure, retry_reason
 from ._steps import WAIT, Done, Fail, Send, Sleep, Wait
-from ._upstream import Upstream
 
 __all__ = ["HedgedCall", "Try"]
 
@@ -71,34 +69,10 @@ class HedgedCall(Call):
 
     __slots__ = ("_hedging", "_last_sent", "done", "hedge", "hedges", "inflight", "latest")
 
-    def __init__(
-        self,
-        upstream: Upstream,
-        config: CallConfig,
-        method: str,
-        *,
-        replayable: bool,
-        now: float,
-        rng: random.Random,
-        context: MeshContext | None = None,
-        delay: float = 0.0,
-        abort: int | None = None,
-        strict: bool = False,
-        by_zone: bool = False,
-    ) -> None:
-        super().__init__(
-            upstream,
-            config,
-            method,
-            replayable=replayable,
-            now=now,
-            rng=rng,
-            context=context,
-            delay=delay,
-            abort=abort,
-            strict=strict,
-            by_zone=by_zone,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """As :class:`Call`'s: the planner builds either kind with the same arguments."""
+        super().__init__(*args, **kwargs)
+        config = self.config
         assert config.hedge is not None, "the planner hedges only calls whose policy does"
         self.hedge: HedgeConfig = config.hedge
         #: Hedges sent so far (at most ``hedge.max``).
@@ -109,7 +83,7 @@ class HedgedCall(Call):
         #: Whether another hedge may still be sent (off once one could not be: no endpoint
         #: apart from those in flight, or no budget; the call does not ask again).
         self._hedging = True
-        self._last_sent = now
+        self._last_sent = self.started
         #: The call is counted (:meth:`finish`): only the losers' bookkeeping is left.
         self.done = False
 

@@ -5,9 +5,10 @@ task: the call's answer would wait for it, or a cancelled request would cancel i
 scope. anyio has no fire-and-forget (every task belongs to a task group that waits for it), so
 :class:`AsyncMirrorTasks` starts each copy as a task of the event loop itself: asyncio's
 ``loop.create_task`` (a strong reference held until it ends, since the loop keeps only a weak
-one) or trio's ``trio.lowlevel.spawn_system_task``, detected with ``sniffio`` (a dependency
-already). Each runs in an anyio cancel scope the transport's ``aclose()`` cancels. A copy's
-coroutine catches every error itself (it is counted, never raised): a trio system task that
+one) or trio's ``trio.lowlevel.spawn_system_task``, whichever loop runs the caller (asked of each
+library directly: the mesh does not import ``sniffio``, which it declares only so that
+httpcore finds it). Each runs in an anyio cancel scope the transport's ``aclose()`` cancels.
+A copy's coroutine catches every error itself (it is counted, never raised): a trio system task that
 raises would crash the whole run, and an asyncio task would log "Task exception was never
 retrieved".
 
@@ -22,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-import sniffio
 
 __all__ = ["CLOSE_WAIT", "IDLE_EXIT", "MIRROR_THREADS", "AsyncMirrorTasks", "SyncMirrorWorkers"]
 
@@ -61,18 +62,20 @@ class AsyncMirrorTasks:
         if self.closed:
             return False
         try:
-            library = sniffio.current_async_library()
-        except sniffio.AsyncLibraryNotFoundError:
-            return False
-        if library == "asyncio":
-            task = asyncio.get_running_loop().create_task(self._run(job))
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            task = loop.create_task(self._run(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return True
-        if library == "trio":
-            import trio
-
-            trio.lowlevel.spawn_system_task(self._run, job, name="asgimesh-mirror")
+        trio = sys.modules.get("trio")  # a trio run has imported it
+        if trio is not None:
+            try:
+                trio.lowlevel.spawn_system_task(self._run, job, name="asgimesh-mirror")
+            except RuntimeError:  # not inside a trio run either
+                return False
             return True
         return False
 

@@ -74,20 +74,7 @@ class SyncMeshShell(Shell[Req, Resp]):
             self._mirror(call.mirror, request)
         while True:
             if isinstance(step, Send):
-                send = step
-                if not self._mtls:
-                    inner = self._inner
-                elif send.endpoint.scheme == "https":
-                    inner = self._secure(call, request)
-                else:
-                    inner = self._inner
-                    if self._minter is not None:
-                        send = self._with_token(call, send)
-                traced = None
-                if call.try_started >= self._spans.next_check:  # else tracing is off
-                    traced = self._spans.begin(call, send)
-                    if traced is not None:
-                        send, inner = traced.send, traced.sync_inner(inner)
+                send, inner, traced = self._prepare(call, step, request)
                 try:
                     response = inner.handle_request(lib.outgoing(request, send))
                 except lib.TransportError as exc:
@@ -125,7 +112,7 @@ class SyncMeshShell(Shell[Req, Resp]):
     def _prepare(
         self, call: Call, send: Send, request: Req
     ) -> tuple[Send, SyncTransportLike[Req, Resp], TrySpan | None]:
-        """As the async driver's."""
+        """One try, made ready (plain and hedged calls alike), as the async driver's."""
         if not self._mtls:
             inner = self._inner
         elif send.endpoint.scheme == "https":

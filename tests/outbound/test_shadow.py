@@ -15,6 +15,18 @@ from asgimesh.outbound import _shadow
 from asgimesh.outbound._shadow import AsyncMirrorTasks, SyncMirrorWorkers
 
 
+def test_outside_any_event_loop_nothing_is_spawned() -> None:
+    """The loop is asked of asyncio and trio themselves (no sniffio): with neither running,
+    even with trio imported, the copy is not started and the caller is told so."""
+    import trio  # imported, but no trio run is going on
+
+    async def copy() -> None:  # never started
+        raise AssertionError("ran outside any loop")
+
+    assert trio is not None
+    assert AsyncMirrorTasks().spawn(copy) is False
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_tasks_outlive_the_spawning_scope_and_errors_stay_inside(
     backend: str, caplog: pytest.LogCaptureFixture

@@ -161,18 +161,8 @@ class ControlPlaneSource:
         """Send one last report, waiting at most ``timeout`` seconds (the process is about to
         exit: the control plane drops the instance at once instead of when it goes stale).
         A control plane that is down costs the wait for a refused connection, nothing more."""
-        if self._reporter is None:
-            return
-
-        async def final() -> None:
-            feed = self._feed()
-            try:
-                with contextlib.suppress(FeedUnavailableError):
-                    await self._report(feed)
-            finally:
-                await feed.aclose()
-
-        _run_in_thread(final, timeout)
+        if self._reporter is not None:
+            _run_in_thread(self._report_once, timeout)
 
     def on_request(self) -> None:
         """Serverless mode: start a refresh if one is due and none is running; never blocks."""
@@ -209,12 +199,7 @@ class ControlPlaneSource:
 
             async def refresh_and_report() -> None:
                 await self._once()
-                feed = self._feed()
-                try:
-                    with contextlib.suppress(FeedUnavailableError):
-                        await self._report(feed)
-                finally:
-                    await feed.aclose()
+                await self._report_once()
 
             _run_in_thread(refresh_and_report, FIRST_LOAD_TIMEOUT, inline=True)
         finally:
@@ -334,6 +319,16 @@ class ControlPlaneSource:
                 await event.wait()
             with contextlib.suppress(FeedUnavailableError):  # the poll loop logs outages
                 await self._report(feed)
+
+    async def _report_once(self) -> None:
+        """One report over a feed of its own (serverless refresh, the last report); an
+        unreachable control plane is not an error here: the next one will say so."""
+        feed = self._feed()
+        try:
+            with contextlib.suppress(FeedUnavailableError):
+                await self._report(feed)
+        finally:
+            await feed.aclose()
 
     async def _report(self, feed: Feed) -> None:
         if self._reporter is not None:
