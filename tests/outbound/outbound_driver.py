@@ -8,6 +8,8 @@ or trio) for the whole test, as a service's client would; the test itself stays 
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -18,10 +20,34 @@ import httpx2
 
 import asgimesh.outbound
 import asgimesh.outbound.httpx2
-from asgimesh import MeshContext, MeshRuntime
+from asgimesh import MeshContext, MeshRuntime, MeshSettings
 from asgimesh._context import _current
 
 VARIANTS = ["httpx-sync", "httpx-asyncio", "httpx-trio", "httpx2-sync", "httpx2-asyncio"]
+
+#: The transport tests' policy defaults: short timeouts and backoff, so failures show fast.
+FAST = {"timeout": "2s", "per_try_timeout": "1s",
+        "retries": {"backoff": {"base": "1ms", "max": "5ms"}}}  # fmt: skip
+
+
+def runtime(services: dict[str, Any], defaults: dict[str, Any] | None = None, *,
+            base: dict[str, Any] | None = None, **settings: Any) -> MeshRuntime:
+    """A runtime whose policy has ``services`` and ``defaults`` over ``base`` (else
+    :data:`FAST`); ``settings`` are more :class:`MeshSettings` (``zone=...``)."""
+    policy = {"defaults": {**(FAST if base is None else base), **(defaults or {})},
+              "services": services}  # fmt: skip
+    return MeshRuntime(MeshSettings(policy=json.dumps(policy), **settings))
+
+
+def sample(rt: MeshRuntime, name: str, **labels: str) -> float:
+    return rt.metrics.registry.get_sample_value(name, {"service": "app", **labels}) or 0.0
+
+
+def dead_url() -> str:
+    """A loopback URL that refuses connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 class Driver:

@@ -3,58 +3,18 @@ through every transport: httpx and httpx2, sync and async (asyncio and trio)."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
-import httpx2
 import pytest
-from outbound_driver import VARIANTS, Driver, driver
-
-from asgimesh import MeshRuntime, MeshSettings
+from outbound_driver import VARIANTS, Driver, driver, runtime, sample
 
 #: The slow replica's answer time, and what a hedged call must beat by far.
 SLOW = 0.6
 FAST_ENOUGH = 0.45
-POLICY = {"timeout": "3s", "per_try_timeout": "2s",
-          "retries": {"backoff": {"base": "1ms", "max": "5ms"}}}
-
-
-def runtime(services: dict[str, Any]) -> MeshRuntime:
-    return MeshRuntime(MeshSettings(policy=json.dumps({"defaults": POLICY, "services": services})))
-
-
-def sample(rt: MeshRuntime, name: str, **labels: str) -> float:
-    return rt.metrics.registry.get_sample_value(name, {"service": "app", **labels}) or 0.0
-
-
-@pytest.fixture(params=VARIANTS)
-def variant(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def mesh(variant: str) -> Iterator[Any]:
-    """``mesh(services, max_connections=None)`` -> a :class:`Driver`."""
-    made: list[Any] = []
-
-    def make(services: dict[str, Any], max_connections: int | None = None) -> Driver:
-        rt = runtime(services)
-        kwargs: dict[str, Any] = {}
-        if max_connections is not None:
-            module = httpx if variant.startswith("httpx-") else httpx2
-            kwargs["limits"] = module.Limits(max_connections=max_connections)
-        cm = driver(variant, rt, **kwargs)
-        d = cm.__enter__()
-        d.runtime = rt  # type: ignore[attr-defined]
-        made.append(cm)
-        return d
-
-    yield make
-    for cm in made:
-        cm.__exit__(None, None, None)
+#: The policy defaults of this module's calls (the ``mesh`` fixture reads them).
+MESH_DEFAULTS = {"timeout": "3s", "per_try_timeout": "2s",
+                 "retries": {"backoff": {"base": "1ms", "max": "5ms"}}}
 
 
 def timed(d: Driver, method: str = "GET", **kwargs: Any) -> tuple[Any, float]:
@@ -218,7 +178,7 @@ def test_threads_sharing_a_sync_transport_hedge_without_leaks(variant: str,
 
     slow, fast = fake_upstreams.get(2)
     fake_upstreams.control(slow, "lag:30:0.3")
-    rt = runtime(pay([slow, fast], hedge={"delay": "20ms"}))
+    rt = runtime(pay([slow, fast], hedge={"delay": "20ms"}), base=MESH_DEFAULTS)
     with driver(variant, rt) as d:
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda _: timed(d), range(40)))

@@ -4,36 +4,23 @@ mirror target), through every transport: httpx and httpx2, sync and async (async
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from outbound_driver import VARIANTS, Driver, driver
+from outbound_driver import Driver, dead_url, driver, runtime
 
-from asgimesh import MeshContext, MeshRuntime, MeshSettings
+from asgimesh import MeshContext, MeshRuntime
 from asgimesh._wire import parse_traceparent
 from asgimesh.outbound._shadow import CLOSE_WAIT
 
-FAST = {"timeout": "3s", "per_try_timeout": "1s",
-        "retries": {"backoff": {"base": "1ms", "max": "5ms"}}}
-
-
-def dead_url() -> str:
-    """A loopback URL that refuses connections."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-def runtime(services: dict[str, Any], defaults: dict[str, Any] | None = None) -> MeshRuntime:
-    policy = {"defaults": {**FAST, **(defaults or {})}, "services": services}
-    return MeshRuntime(MeshSettings(policy=json.dumps(policy)))
+#: The policy defaults of this module's calls (the ``mesh`` fixture reads them).
+MESH_DEFAULTS = {"timeout": "3s", "per_try_timeout": "1s",
+                 "retries": {"backoff": {"base": "1ms", "max": "5ms"}}}
 
 
 def mirrors(rt: MeshRuntime, result: str, upstream: str = "search-v2") -> float:
@@ -51,29 +38,6 @@ def eventually(check: Callable[[], bool], seconds: float = 15.0) -> None:
 
 def mirror_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "asgimesh-mirror"]
-
-
-@pytest.fixture(params=VARIANTS)
-def variant(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def mesh(variant: str) -> Iterator[Callable[..., Driver]]:
-    """``mesh(services, defaults=None)`` -> a :class:`Driver` closed after the test."""
-    opened: list[Any] = []
-
-    def make(services: dict[str, Any], defaults: dict[str, Any] | None = None) -> Driver:
-        rt = runtime(services, defaults)
-        cm = driver(variant, rt)
-        d = cm.__enter__()
-        d.runtime = rt  # type: ignore[attr-defined]
-        opened.append(cm)
-        return d
-
-    yield make
-    for cm in opened:
-        cm.__exit__(None, None, None)
 
 
 def shop(primary: str, target: str, mirror: dict[str, Any] | None = None, **search: Any) -> dict[str, Any]:
@@ -170,7 +134,7 @@ def test_a_cancelled_call_does_not_cancel_its_copy(mode: str, fake_upstreams: An
     primary, target = fake_upstreams.get(2)
     fake_upstreams.control(primary, "slow:1")
     fake_upstreams.control(target, "slow:0.3")
-    rt = runtime(shop(primary, target), {"per_try_timeout": "3s", "timeout": "5s"})
+    rt = runtime(shop(primary, target), {"per_try_timeout": "3s", "timeout": "5s"}, base=MESH_DEFAULTS)
     with driver(f"httpx-{mode}", rt) as d:
         async def give_up() -> bool:
             with anyio.move_on_after(0.2) as scope:
@@ -217,7 +181,7 @@ def test_a_failing_mirror_target_neither_slows_nor_fails_the_calls(
 def test_past_the_cap_copies_are_dropped_and_counted(variant: str, fake_upstreams: Any) -> None:
     primary, hung = fake_upstreams.get(2)
     fake_upstreams.control(hung, "hang")
-    rt = runtime(shop(primary, hung), {"per_try_timeout": "5s", "timeout": "6s"})
+    rt = runtime(shop(primary, hung), {"per_try_timeout": "5s", "timeout": "6s"}, base=MESH_DEFAULTS)
     with driver(variant, rt) as d:
         d.transport._planner.mirrors.cap = 4
         assert all(d.request("GET", "http://search/q").status_code == 200 for _ in range(10))
@@ -241,7 +205,7 @@ def test_past_the_cap_copies_are_dropped_and_counted(variant: str, fake_upstream
 def test_mirror_threads_are_bounded_and_closed(fake_upstreams: Any) -> None:
     primary, slow = fake_upstreams.get(2)
     fake_upstreams.control(slow, "slow:0.3")
-    rt = runtime(shop(primary, slow))
+    rt = runtime(shop(primary, slow), base=MESH_DEFAULTS)
     with driver("httpx-sync", rt) as d:
         assert all(d.request("GET", "http://search/q").status_code == 200 for _ in range(30))
         assert 1 <= len(mirror_threads()) <= 8

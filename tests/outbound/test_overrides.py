@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-import test_transport
+from outbound_driver import sample
 from outbound_support import backend_config, call_config
 
 from asgimesh.outbound._call import Call
@@ -19,9 +19,6 @@ from asgimesh.policy import validate_document
 from asgimesh.telemetry import MeshMetrics
 
 ENDPOINTS = ["http://10.0.0.1:80", "http://10.0.0.2:80"]
-#: The transport tests' fixtures: every client flavour (httpx/httpx2, sync/asyncio/trio).
-variant, mesh, sample = test_transport.variant, test_transport.mesh, test_transport.sample
-
 POLICY = {"timeout": "2s", "per_try_timeout": "1s", "retries": {"attempts": 2}}
 
 

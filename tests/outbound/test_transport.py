@@ -3,65 +3,14 @@ httpx and httpx2, sync and async (asyncio and trio). The same cases run through 
 
 from __future__ import annotations
 
-import json
-import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
-import httpx2
 import pytest
-from outbound_driver import VARIANTS, Driver, driver
+from outbound_driver import dead_url, driver, runtime, sample
 
-from asgimesh import MeshContext, MeshRuntime, MeshSettings
+from asgimesh import MeshContext
 from asgimesh._wire import parse_traceparent
-
-FAST = {"timeout": "2s", "per_try_timeout": "1s",
-        "retries": {"backoff": {"base": "1ms", "max": "5ms"}}}
-
-
-def dead_url() -> str:
-    """A loopback URL that refuses connections."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-def runtime(services: dict[str, Any], defaults: dict[str, Any] | None = None) -> MeshRuntime:
-    policy = {"defaults": {**FAST, **(defaults or {})}, "services": services}
-    return MeshRuntime(MeshSettings(policy=json.dumps(policy)))
-
-
-def sample(rt: MeshRuntime, name: str, **labels: str) -> float:
-    return rt.metrics.registry.get_sample_value(name, {"service": "app", **labels}) or 0.0
-
-
-@pytest.fixture(params=VARIANTS)
-def variant(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def mesh(variant: str) -> Iterator[Any]:
-    """``mesh(services, defaults=None, **transport_kwargs)`` -> a :class:`Driver`."""
-    with_drivers: list[Any] = []
-
-    def make(services: dict[str, Any], defaults: dict[str, Any] | None = None,
-             max_connections: int | None = None, **kwargs: Any) -> Driver:
-        rt = runtime(services, defaults)
-        if max_connections is not None:
-            module = httpx if variant.startswith("httpx-") else httpx2
-            kwargs["limits"] = module.Limits(max_connections=max_connections)
-        cm = driver(variant, rt, **kwargs)
-        d = cm.__enter__()
-        d.runtime = rt  # type: ignore[attr-defined]
-        with_drivers.append(cm)
-        return d
-
-    yield make
-    for cm in with_drivers:
-        cm.__exit__(None, None, None)
 
 
 def test_calls_reach_every_endpoint_with_mesh_headers(mesh: Any, fake_upstreams: Any) -> None:

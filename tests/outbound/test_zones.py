@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from outbound_driver import VARIANTS, driver
 from outbound_support import FakeClock, backend_config
 
-from asgimesh import MeshRuntime, MeshSettings
 from asgimesh._errors import PolicyError
 from asgimesh.outbound._balancer import make_balancer
 from asgimesh.outbound._endpoint import Endpoint
@@ -133,38 +129,17 @@ def test_zoned_endpoints_round_trip_through_the_document() -> None:
 # ---- through real upstreams --------------------------------------------------------------------
 
 
-@pytest.fixture(params=VARIANTS)
-def zoned(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """``zoned(services, zone)`` -> a driver whose runtime runs in ``MESH_ZONE=zone``."""
-    opened: list[Any] = []
-
-    def make(services: dict[str, Any], zone: str) -> Any:
-        policy = {"defaults": {"timeout": "2s", "per_try_timeout": "1s",
-                               "retries": {"backoff": {"base": "1ms", "max": "5ms"}}},
-                  "services": services}  # fmt: skip
-        rt = MeshRuntime(MeshSettings(policy=json.dumps(policy), zone=zone))
-        cm = driver(str(request.param), rt)
-        d = cm.__enter__()
-        d.runtime = rt
-        opened.append(cm)
-        return d
-
-    yield make
-    for cm in opened:
-        cm.__exit__(None, None, None)
-
-
 def served_by(d: Any, count: int) -> list[str]:
     return [d.request("GET", "http://pay/").json()["upstream"] for _ in range(count)]
 
 
-def test_calls_stay_in_zone_and_spill_over_when_the_zone_fails(zoned: Any, fake_upstreams: Any) -> None:
+def test_calls_stay_in_zone_and_spill_over_when_the_zone_fails(mesh: Any, fake_upstreams: Any) -> None:
     near1, near2, far = fake_upstreams.get(3)
     endpoints = [{"url": near1, "zone": "z1"}, {"url": near2, "zone": "z1"},
                  {"url": far, "zone": "z2"}]  # fmt: skip
     service = {"endpoints": endpoints, "zone_affinity": True, "load_balancer": "round_robin",
                "outlier_detection": {"consecutive_failures": 2, "max_ejection_percent": 100}}  # fmt: skip
-    d = zoned({"pay": service}, "z1")
+    d = mesh({"pay": service}, zone="z1")
     assert set(served_by(d, 30)) == {"u0", "u1"}
     assert fake_upstreams.stats(far)["requests"] == 0
     fake_upstreams.control(near1, "fail:503")
@@ -177,9 +152,9 @@ def test_calls_stay_in_zone_and_spill_over_when_the_zone_fails(zoned: Any, fake_
     assert (registry.get_sample_value("mesh_outbound_zone_tries_total", remote) or 0) >= 15
 
 
-def test_a_caller_in_another_zone_is_kept_in_its_own(zoned: Any, fake_upstreams: Any) -> None:
+def test_a_caller_in_another_zone_is_kept_in_its_own(mesh: Any, fake_upstreams: Any) -> None:
     near1, near2, far = fake_upstreams.get(3)
     endpoints = [{"url": near1, "zone": "z1"}, {"url": near2, "zone": "z1"},
                  {"url": far, "zone": "z2"}]  # fmt: skip
-    d = zoned({"pay": {"endpoints": endpoints, "zone_affinity": True}}, "z2")
+    d = mesh({"pay": {"endpoints": endpoints, "zone_affinity": True}}, zone="z2")
     assert set(served_by(d, 20)) == {"u2"}
